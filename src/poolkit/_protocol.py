@@ -1,0 +1,181 @@
+"""The poolkit wire protocol: framing, frame kinds and payload codecs.
+
+This module is imported by the worker runtime, so it must use only the standard library:
+every import here is paid for at every worker start. It does no I/O; it turns frames into
+bytes and bytes into frames. ``docs/protocol.md`` is the language-neutral specification;
+this module is its reference implementation and the two must agree.
+
+Why a fixed binary header rather than a pickled envelope: the header is read before
+anything is trusted, so a worker written in another language (or a corrupted stream) can
+never make the parent unpickle something it did not ask for, and a bad frame is detected
+from its checksum instead of surfacing as an obscure unpickling error.
+
+Header (22 bytes, network byte order)::
+
+    offset size field
+    0      2    magic       b"PK"
+    2      1    version     PROTOCOL_VERSION
+    3      1    kind        FrameKind
+    4      2    flags       low 4 bits: payload codec (Codec); other bits reserved, sent as 0
+    6      8    call_id     unsigned; 0 for frames not about a call
+    14     4    length      payload length in bytes
+    18     4    checksum    CRC-32 of header bytes 0..17 followed by the payload
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import pickle
+import struct
+import zlib
+from typing import Any, NamedTuple
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "Codec",
+    "Frame",
+    "FrameDecoder",
+    "FrameKind",
+    "ProtocolViolation",
+    "decode_payload",
+    "encode_frame",
+    "encode_payload",
+]
+
+MAGIC = b"PK"
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("!2sBBHQII")
+HEADER_SIZE = HEADER.size  # 22
+_PREFIX = struct.Struct("!2sBBHQI")  # the header without its checksum
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+_CODEC_MASK = 0x000F
+
+
+class FrameKind(enum.IntEnum):
+    """What a frame means. Direction: p = parent (pool), w = worker."""
+
+    READY = 1  # w->p  JSON handshake: {"pid", "protocol", "worker_id", ...}
+    STARTUP_FAILED = 2  # w->p  JSON {"type", "message", "traceback"}: target failed to load
+    CALL = 3  # p->w  codec payload [target, args, kwargs]
+    RESULT = 4  # w->p  codec payload: the return value
+    ERROR = 5  # w->p  JSON {"type", "message", "traceback", "phase"}
+    CANCEL = 6  # p->w  empty: skip this call if it has not started
+    CANCELLED = 7  # w->p  empty: the call was skipped and never ran
+    LOG = 8  # w->p  JSON {"stream": "stdout"|"stderr", "line": str}
+    SHUTDOWN = 9  # p->w  empty: finish what was sent, then exit 0
+    PING = 10  # p->w  empty: heartbeat request
+    PONG = 11  # w->p  empty: heartbeat reply, same call_id as the PING
+
+
+class Codec(enum.IntEnum):
+    """Payload encodings. JSON is the language-neutral one; pickle is Python's default."""
+
+    JSON = 0
+    PICKLE = 1
+
+
+class ProtocolViolation(ValueError):
+    """Bytes on the wire that are not a valid frame: bad magic, version, kind, checksum or size."""
+
+
+class Frame(NamedTuple):
+    kind: FrameKind
+    call_id: int
+    flags: int
+    payload: bytes
+
+    @property
+    def codec(self) -> Codec:
+        return Codec(self.flags & _CODEC_MASK)
+
+
+def encode_frame(kind: int, call_id: int, payload: bytes = b"", codec: int = Codec.JSON) -> bytes:
+    """Return one complete frame (header + payload) as bytes."""
+    prefix = _PREFIX.pack(MAGIC, PROTOCOL_VERSION, kind, codec & _CODEC_MASK, call_id, len(payload))
+    checksum = zlib.crc32(payload, zlib.crc32(prefix))
+    return prefix + checksum.to_bytes(4, "big") + payload
+
+
+def encode_payload(obj: Any, codec: int) -> bytes:
+    """Encode a payload; raises whatever the codec raises (the caller classifies it)."""
+    if codec == Codec.PICKLE:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_payload(data: bytes, codec: int) -> Any:
+    """Decode a payload; raises whatever the codec raises (the caller classifies it)."""
+    if codec == Codec.PICKLE:
+        return pickle.loads(data)
+    return json.loads(data)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it bytes as they arrive, get whole frames back.
+
+    Kept deliberately simple and allocation-light because it sits on the hot path of every
+    call: one growing bytearray, one offset, ``struct.unpack_from`` on the header.
+    """
+
+    __slots__ = ("_buf", "_max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self._buf = bytearray()
+        self._max_frame_size = max_frame_size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that are not yet part of a whole frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add ``data`` and return every frame now complete, in order.
+
+        Raises ProtocolViolation on the first invalid header or checksum; the stream is
+        then unusable (there is no way to resynchronise a framed byte stream safely).
+        """
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        offset = 0
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        while end - offset >= HEADER_SIZE:
+            magic, version, kind, flags, call_id, length, checksum = unpack(buf, offset)
+            if magic != MAGIC:
+                raise ProtocolViolation(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
+            if version != PROTOCOL_VERSION:
+                raise ProtocolViolation(
+                    f"unsupported protocol version {version} (expected {PROTOCOL_VERSION})"
+                )
+            if length > self._max_frame_size:
+                raise ProtocolViolation(
+                    f"frame of {length} bytes exceeds the maximum frame size "
+                    f"of {self._max_frame_size} bytes"
+                )
+            stop = offset + HEADER_SIZE + length
+            if stop > end:
+                break
+            payload = bytes(buf[offset + HEADER_SIZE : stop])
+            actual = zlib.crc32(payload, zlib.crc32(buf[offset : offset + HEADER_SIZE - 4]))
+            if actual != checksum:
+                raise ProtocolViolation(
+                    f"checksum mismatch on frame kind={kind} call_id={call_id}: "
+                    f"header says {checksum:#010x}, bytes give {actual:#010x}"
+                )
+            try:
+                frame_kind = FrameKind(kind)
+            except ValueError:
+                raise ProtocolViolation(f"unknown frame kind {kind}") from None
+            if flags & _CODEC_MASK not in (Codec.JSON, Codec.PICKLE):
+                raise ProtocolViolation(f"unknown payload codec {flags & _CODEC_MASK}")
+            frames.append(Frame(frame_kind, call_id, flags, payload))
+            offset = stop
+        if offset:
+            del buf[:offset]
+        return frames

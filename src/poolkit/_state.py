@@ -1,0 +1,234 @@
+"""Worker and pool lifecycle state machines: one enum, one transition table each.
+
+Pure: no I/O, no clock of its own (the caller passes timestamps). Every state change of a
+worker or of the pool goes through :meth:`StateMachine.fire`; anything not in the table
+raises :class:`IllegalTransition`. Predicates such as "can this worker take a call" are
+derived from the state, never kept as parallel booleans (DESIGN.md, rule 1).
+
+Self-loops (for example BUSY --dispatch--> BUSY while pipelining) are legal but are not
+recorded in the history: the history is for diagnosing lifecycles, and recording every
+dispatch would put an allocation on the hot path for no insight.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import time
+from collections.abc import Callable, Mapping
+from typing import Generic, NamedTuple, TypeVar
+
+__all__ = [
+    "POOL_TRANSITIONS",
+    "WORKER_TRANSITIONS",
+    "IllegalTransition",
+    "PoolEvent",
+    "PoolState",
+    "PoolStateMachine",
+    "StateMachine",
+    "Transition",
+    "WorkerEvent",
+    "WorkerState",
+    "WorkerStateMachine",
+]
+
+
+class WorkerState(enum.Enum):
+    SPAWNING = "spawning"  # process being created
+    STARTING = "starting"  # process exists, waiting for the READY handshake
+    READY = "ready"  # idle, can take calls
+    BUSY = "busy"  # one or more calls in flight, can take more up to the pipeline depth
+    DRAINING = "draining"  # finishing in-flight calls, takes no new ones
+    STOPPING = "stopping"  # asked or forced to exit, waiting for the exit
+    STOPPED = "stopped"  # exited because we asked it to (terminal)
+    FAILED = "failed"  # exited or was killed for a fault (terminal)
+
+    @property
+    def accepts_calls(self) -> bool:
+        return self in _ACCEPTS_CALLS
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_alive(self) -> bool:
+        """The process may still be running (or about to)."""
+        return self not in _TERMINAL
+
+
+_ACCEPTS_CALLS = frozenset({WorkerState.READY, WorkerState.BUSY})
+_TERMINAL = frozenset({WorkerState.STOPPED, WorkerState.FAILED})
+
+
+class WorkerEvent(enum.Enum):
+    SPAWNED = "spawned"  # the OS process exists
+    SPAWN_FAILED = "spawn_failed"  # the OS refused to start it
+    HANDSHAKE = "handshake"  # READY frame received
+    STARTUP_FAILED = "startup_failed"  # STARTUP_FAILED frame, bad handshake, or startup timeout
+    DISPATCH = "dispatch"  # a call was sent
+    IDLE = "idle"  # the last in-flight call ended
+    DRAIN = "drain"  # stop taking calls, finish the in-flight ones
+    STOP = "stop"  # ask (or force) the process to exit
+    KILL = "kill"  # a fault (timeout, cancelled running call, protocol error): kill it now
+    EXITED = "exited"  # the process is gone
+
+
+_S = WorkerState
+_E = WorkerEvent
+
+#: THE worker transition table. (state, event) -> next state. Nothing else is legal.
+WORKER_TRANSITIONS: Mapping[tuple[WorkerState, WorkerEvent], WorkerState] = {
+    (_S.SPAWNING, _E.SPAWNED): _S.STARTING,
+    (_S.SPAWNING, _E.SPAWN_FAILED): _S.FAILED,
+    (_S.SPAWNING, _E.STOP): _S.STOPPED,
+    (_S.STARTING, _E.HANDSHAKE): _S.READY,
+    (_S.STARTING, _E.STARTUP_FAILED): _S.FAILED,
+    (_S.STARTING, _E.STOP): _S.STOPPING,
+    (_S.STARTING, _E.KILL): _S.STOPPING,
+    (_S.STARTING, _E.EXITED): _S.FAILED,
+    (_S.READY, _E.DISPATCH): _S.BUSY,
+    (_S.READY, _E.DRAIN): _S.DRAINING,
+    (_S.READY, _E.STOP): _S.STOPPING,
+    (_S.READY, _E.KILL): _S.STOPPING,
+    (_S.READY, _E.EXITED): _S.FAILED,
+    (_S.BUSY, _E.DISPATCH): _S.BUSY,
+    (_S.BUSY, _E.IDLE): _S.READY,
+    (_S.BUSY, _E.DRAIN): _S.DRAINING,
+    (_S.BUSY, _E.STOP): _S.STOPPING,
+    (_S.BUSY, _E.KILL): _S.STOPPING,
+    (_S.BUSY, _E.EXITED): _S.FAILED,
+    (_S.DRAINING, _E.IDLE): _S.DRAINING,
+    (_S.DRAINING, _E.STOP): _S.STOPPING,
+    (_S.DRAINING, _E.KILL): _S.STOPPING,
+    (_S.DRAINING, _E.EXITED): _S.FAILED,
+    (_S.STOPPING, _E.IDLE): _S.STOPPING,
+    (_S.STOPPING, _E.STOP): _S.STOPPING,
+    (_S.STOPPING, _E.KILL): _S.STOPPING,
+    (_S.STOPPING, _E.EXITED): _S.STOPPED,
+}
+
+
+class PoolState(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"  # could not keep workers alive (startup failures past the budget)
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+    @property
+    def accepts_calls(self) -> bool:
+        return self is PoolState.RUNNING
+
+
+class PoolEvent(enum.Enum):
+    START = "start"
+    STARTED = "started"
+    BROKEN = "broken"
+    CLOSE = "close"
+    CLOSED = "closed"
+
+
+_P = PoolState
+_PE = PoolEvent
+
+#: THE pool lifecycle table.
+POOL_TRANSITIONS: Mapping[tuple[PoolState, PoolEvent], PoolState] = {
+    (_P.CREATED, _PE.START): _P.STARTING,
+    (_P.CREATED, _PE.CLOSE): _P.CLOSED,
+    (_P.STARTING, _PE.STARTED): _P.RUNNING,
+    (_P.STARTING, _PE.BROKEN): _P.FAILED,
+    (_P.STARTING, _PE.CLOSE): _P.DRAINING,
+    (_P.RUNNING, _PE.BROKEN): _P.FAILED,
+    (_P.RUNNING, _PE.CLOSE): _P.DRAINING,
+    (_P.FAILED, _PE.BROKEN): _P.FAILED,
+    (_P.FAILED, _PE.CLOSE): _P.DRAINING,
+    (_P.DRAINING, _PE.BROKEN): _P.DRAINING,
+    (_P.DRAINING, _PE.CLOSE): _P.DRAINING,
+    (_P.DRAINING, _PE.CLOSED): _P.CLOSED,
+    (_P.CLOSED, _PE.CLOSE): _P.CLOSED,
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state machine was asked to make a move its transition table does not allow.
+
+    This is always a bug in poolkit (or in a test driving the machine), never a condition
+    callers are expected to handle.
+    """
+
+    def __init__(self, machine: str, state: enum.Enum, event: enum.Enum) -> None:
+        self.machine = machine
+        self.state = state
+        self.event = event
+        super().__init__(f"{machine}: no transition from {state.name} on {event.name}")
+
+
+_St = TypeVar("_St", bound=enum.Enum)
+_Ev = TypeVar("_Ev", bound=enum.Enum)
+
+
+class Transition(NamedTuple, Generic[_St, _Ev]):
+    from_state: _St
+    to_state: _St
+    event: _Ev
+    reason: str
+    at: float
+
+
+class StateMachine(Generic[_St, _Ev]):
+    """A current state, a table, and a bounded history of the changes made."""
+
+    __slots__ = ("_clock", "_history", "_name", "_table", "state")
+
+    def __init__(
+        self,
+        name: str,
+        table: Mapping[tuple[_St, _Ev], _St],
+        initial: _St,
+        *,
+        history: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._name = name
+        self._table = table
+        self.state: _St = initial
+        self._history: collections.deque[Transition[_St, _Ev]] = collections.deque(maxlen=history)
+        self._clock = clock
+
+    def can(self, event: _Ev) -> bool:
+        return (self.state, event) in self._table
+
+    def fire(self, event: _Ev, reason: str = "") -> _St:
+        """Apply ``event``; return the new state. Raises IllegalTransition if not in the table."""
+        old = self.state
+        try:
+            new = self._table[(old, event)]
+        except KeyError:
+            raise IllegalTransition(self._name, old, event) from None
+        if new is not old:
+            self.state = new
+            self._history.append(Transition(old, new, event, reason, self._clock()))
+        return new
+
+    @property
+    def history(self) -> tuple[Transition[_St, _Ev], ...]:
+        return tuple(self._history)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name} {self.state.name}>"
+
+
+class WorkerStateMachine(StateMachine[WorkerState, WorkerEvent]):
+    __slots__ = ()
+
+    def __init__(self, name: str, *, history: int = 32, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name, WORKER_TRANSITIONS, WorkerState.SPAWNING, history=history, clock=clock)
+
+
+class PoolStateMachine(StateMachine[PoolState, PoolEvent]):
+    __slots__ = ()
+
+    def __init__(self, name: str, *, history: int = 32, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name, POOL_TRANSITIONS, PoolState.CREATED, history=history, clock=clock)
