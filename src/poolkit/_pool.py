@@ -1,0 +1,575 @@
+"""The async Pool: lifecycle, admission, dispatch, supervision, drain.
+
+Shape (after httpcore's connection pool): every state change ends in :meth:`Pool._dispatch`,
+a synchronous function that hands queued calls to workers with room, as decided by the pure
+:class:`~poolkit._scheduler.Scheduler`. Sending is synchronous too (a worker's writer task
+does the actual write), so a caller's task never awaits anything but its own result, and
+there is never a half-finished step for cancellation to interrupt.
+
+Life of a call: :meth:`Pool.call` encodes it (a serialization error or an oversize payload
+fails here, before anything is sent), admits it to the bounded queue (waiting or rejecting
+when full), dispatches, then waits for its event under one deadline that covers queue wait
+and run. On timeout or cancellation, :meth:`Pool._abandon` takes it out of the queue, or
+asks its worker to skip it, or kills the worker that is running it (the only way to stop
+running Python code); the pool replaces the worker and sends its other calls elsewhere.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+
+from . import _protocol as proto
+from ._call import Call, CallStatus, describe_target
+from ._config import PoolConfig
+from ._errors import (
+    CallTimeout,
+    PayloadTooLarge,
+    Phase,
+    PoolClosed,
+    PoolError,
+    PoolFailed,
+    QueueFull,
+    SerializationError,
+    WorkerStartupError,
+)
+from ._log import get_logger
+from ._scheduler import Scheduler
+from ._state import PoolEvent, PoolState, PoolStateMachine, WorkerState
+from ._transport import Launcher, SubprocessLauncher
+from ._worker import Worker
+
+__all__ = ["Pool", "PoolStatistics", "WorkerInfo"]
+
+_pool_ids = itertools.count(1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: str
+    pid: int | None
+    state: WorkerState
+    in_flight: int
+    calls_completed: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A frozen snapshot of a pool; taking one costs O(workers) and never blocks."""
+
+    name: str
+    state: PoolState
+    workers: tuple[WorkerInfo, ...]
+    queued: int
+    in_flight: int
+    completed: int
+    failed: int
+    timed_out: int
+    cancelled: int
+    worker_starts: int
+    worker_crashes: int
+    startup_failures: int
+
+    def workers_in(self, state: WorkerState) -> int:
+        return sum(1 for w in self.workers if w.state is state)
+
+
+class Pool:
+    """An async pool of long-lived subprocess workers. Use as ``async with Pool(config) as pool``.
+
+    ``Pool(config, **overrides)`` or ``Pool(**fields)``: keyword arguments are
+    :class:`PoolConfig` fields. ``launcher`` replaces how workers are started (the test
+    harness runs the same pool over in-process fake workers this way).
+    """
+
+    def __init__(self, config: PoolConfig | None = None, /, *, launcher: Launcher | None = None, **overrides: Any):
+        if config is None:
+            config = PoolConfig(**overrides)
+        elif overrides:
+            config = PoolConfig.model_validate({**config.model_dump(), **overrides})
+        self.config = config
+        self.name = config.name or f"pool{next(_pool_ids)}"
+        self._launcher: Launcher = launcher or SubprocessLauncher()
+        self._fsm = PoolStateMachine(self.name)
+        self._codec = proto.Codec.PICKLE if config.worker.codec == "pickle" else proto.Codec.JSON
+        self._workers: dict[str, Worker] = {}
+        self._worker_ids = itertools.count(1)
+        self._sched: Scheduler[Worker] = Scheduler(config.pipeline_depth)
+        self._queue: collections.deque[Call] = collections.deque()
+        self._room: anyio.Event | None = None
+        self._changed: anyio.Event | None = None
+        self._failure: PoolFailed | None = None
+        self._consecutive_startup_failures = 0
+        self._hard_closing = False
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self._log = get_logger("poolkit.pool", pool=self.name)
+        # counters for statistics()
+        self._completed = 0
+        self._failed = 0
+        self._timed_out = 0
+        self._cancelled = 0
+        self._worker_starts = 0
+        self._worker_crashes = 0
+        self._startup_failures = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    @property
+    def state(self) -> PoolState:
+        return self._fsm.state
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose(drain=exc is None)
+
+    async def start(self) -> None:
+        """Start ``min_workers`` workers concurrently and wait until all are ready.
+
+        Raises PoolFailed (its ``cause`` is the last WorkerStartupError, with the worker's
+        traceback) if workers keep failing to start; nothing is left running in that case.
+        """
+        self._fsm.fire(PoolEvent.START)
+        self._room = anyio.Event()
+        self._exit_stack = contextlib.AsyncExitStack()
+        self.task_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        for _ in range(self.config.min_workers):
+            self._spawn()
+        try:
+            await self._wait_for(
+                lambda: self._failure is not None or self._count_ready() >= self.config.min_workers
+            )
+        except BaseException:
+            await self.aclose(drain=False)
+            raise
+        if self._failure is not None:
+            failure = self._failure
+            await self.aclose(drain=False)
+            raise failure from failure.cause
+        self._fsm.fire(PoolEvent.STARTED)
+        self._log.debug("pool started", workers=len(self._workers))
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        """Close the pool. With ``drain``, admitted calls may finish (up to ``drain_timeout``);
+        then workers are asked to exit, and killed if they do not within ``kill_grace``.
+        Leaves no process behind. Safe to call twice."""
+        if self._fsm.state is PoolState.CLOSED:
+            return
+        if self._fsm.state is PoolState.CREATED:
+            self._fsm.fire(PoolEvent.CLOSE)
+            return
+        self._fsm.fire(PoolEvent.CLOSE)
+        self._notify_room()
+        try:
+            if drain:
+                with anyio.move_on_after(self.config.drain_timeout):
+                    await self._wait_for(lambda: not self._queue and not self._in_flight())
+        finally:
+            # Whatever happened to the drain (timeout, cancellation), the rest always runs:
+            # nothing may be left running once aclose() returns or is cancelled.
+            with anyio.CancelScope(shield=True):
+                await self._stop_workers()
+            # The task group must be exited from the scope it was entered in (not from
+            # inside the shield above); every worker task has ended by now, so this is quick.
+            stack, self._exit_stack = self._exit_stack, None
+            if stack is not None:
+                await stack.aclose()
+            self._fsm.fire(PoolEvent.CLOSED)
+            self._log.debug("pool closed")
+
+    async def _stop_workers(self) -> None:
+        self._hard_closing = True
+        for call in list(self._queue):
+            call.fail(PoolClosed(self.name, phase=Phase.QUEUED, detail="closed before the call was sent"))
+        self._queue.clear()
+        for worker in list(self._workers.values()):
+            if worker.load:
+                worker.kill(
+                    "pool closed with calls in flight",
+                    fault=lambda call: PoolClosed(
+                        self.name, phase=Phase.RUNNING, detail="closed while the call was running"
+                    ),
+                )
+            else:
+                worker.shutdown()
+        with anyio.move_on_after(self.config.kill_grace + 2):
+            await self._wait_for(lambda: not self._workers)
+        for worker in list(self._workers.values()):
+            worker.kill("did not exit after shutdown")
+        await self._wait_for(lambda: not self._workers)
+
+    # ---- calls -------------------------------------------------------------------------------
+    async def call(self, target: str | Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run ``target(*args, **kwargs)`` in a worker and return its result.
+
+        ``target``: ``"pkg.mod:func"``, a method name of the configured handler, or (pickle
+        codec) a module-level callable, sent by reference. ``timeout`` (default: the config's
+        ``default_timeout``) is one deadline for queue wait and run. To pass the target a
+        keyword argument named ``timeout``, wrap it with ``functools.partial``.
+
+        Raises a :class:`~poolkit.PoolError` subclass saying what went wrong and how far the
+        call got; cancelling the caller removes or stops the call (see ``docs/errors.md``).
+        """
+        call = self._make_call(target, args, kwargs, timeout)
+        await self._admit(call)
+        return await self._result(call)
+
+    def map(
+        self,
+        target: str | Callable[..., Any],
+        /,
+        *iterables: Iterable[Any],
+        concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> MapIterator:
+        """Like ``map(target, *iterables)``: results in input order, streamed as they come.
+
+        At most ``concurrency`` calls (default: workers x pipeline depth) are admitted at a
+        time, so an endless iterable is fine. The first failing call raises its error and
+        ends the iteration. Leaving early (``break``) is cheap: queued calls are withdrawn
+        and running ones finish in their worker with their results discarded.
+        Use ``async with pool.map(...) as results:`` to close it promptly on early exit.
+        """
+        return MapIterator(self, target, zip(*iterables), concurrency, timeout)
+
+    def starmap(
+        self,
+        target: str | Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        /,
+        *,
+        concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> MapIterator:
+        """Like :meth:`map`, but each item of ``iterable`` is the tuple of arguments."""
+        return MapIterator(self, target, (tuple(args) for args in iterable), concurrency, timeout)
+
+    def _make_call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Call:
+        self._check_open()
+        name = describe_target(target)
+        if self._codec == proto.Codec.JSON and not isinstance(target, str):
+            raise SerializationError(
+                "the json codec sends targets by name: pass 'pkg.mod:func', not a callable",
+                side="parent",
+                phase=Phase.QUEUED,
+                target=name,
+            )
+        if not isinstance(target, str) and not callable(target):
+            raise TypeError(f"target must be a string or a callable, not {type(target).__name__}")
+        try:
+            payload = proto.encode_payload([target, list(args), kwargs], self._codec)
+        except (Exception, SystemExit) as exc:
+            raise SerializationError(
+                f"could not encode the call: {type(exc).__name__}: {exc}", side="parent", phase=Phase.QUEUED, target=name
+            ) from exc
+        limit = self.config.max_frame_size
+        if len(payload) > limit:
+            raise PayloadTooLarge(len(payload), limit, phase=Phase.QUEUED, target=name)
+        if timeout is None:
+            timeout = self.config.default_timeout
+        elif timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        deadline = anyio.current_time() + timeout if timeout is not None else None
+        return Call(name, payload, self._codec, timeout=timeout, deadline=deadline)
+
+    def _check_open(self) -> None:
+        if self._failure is not None and self._fsm.state is PoolState.FAILED:
+            raise self._failure
+        if not self._fsm.state.accepts_calls:
+            raise PoolClosed(self.name, detail=f"pool is {self._fsm.state.value}")
+
+    async def _admit(self, call: Call) -> None:
+        """Put ``call`` in the queue, waiting for room (under its deadline) or rejecting."""
+        queue = self._queue
+        while len(queue) >= self.config.max_queue and self._sched.pick() is None:
+            if self.config.queue_policy == "reject":
+                raise QueueFull(self.name, self.config.max_queue)
+            room = self._room
+            assert room is not None
+            with anyio.CancelScope(deadline=call.deadline if call.deadline is not None else float("inf")):
+                await room.wait()
+            if call.deadline is not None and anyio.current_time() >= call.deadline:
+                self._timed_out += 1
+                raise CallTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
+            self._check_open()
+        queue.append(call)
+        self._dispatch()
+
+    async def _result(self, call: Call) -> Any:
+        """Wait for ``call`` to end; return its value or raise its error."""
+        try:
+            if call.deadline is None:
+                await call.event.wait()
+            else:
+                with anyio.CancelScope(deadline=call.deadline):
+                    await call.event.wait()
+        except BaseException:
+            if not call.ended:
+                self._cancelled += 1
+                self._abandon(call, stop_running=True)
+            raise
+        if not call.ended:
+            worker = call.worker
+            phase = call.phase
+            self._timed_out += 1
+            self._abandon(call, stop_running=True)
+            raise CallTimeout(
+                call.timeout or 0.0,
+                phase=phase,
+                worker_id=worker.id if worker else None,
+                pid=worker.pid if worker else None,
+                target=call.target_name,
+            )
+        if call.error is not None:
+            self._failed += 1
+            raise call.error
+        assert call.result is not None
+        try:
+            value = proto.decode_payload(call.result, call.result_codec)
+        except (Exception, SystemExit) as exc:
+            self._failed += 1
+            worker = call.worker
+            raise SerializationError(
+                f"could not decode the result: {type(exc).__name__}: {exc}",
+                side="parent",
+                phase=Phase.RETURNING,
+                worker_id=worker.id if worker else None,
+                pid=worker.pid if worker else None,
+                target=call.target_name,
+            ) from exc
+        self._completed += 1
+        return value
+
+    def _abandon(self, call: Call, *, stop_running: bool) -> None:
+        """The caller gave up on ``call``. Synchronous, so it is safe under cancellation."""
+        status = call.status
+        call.abandon()
+        if status is CallStatus.QUEUED:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(call)
+            self._notify_room()
+        elif status is CallStatus.SENT and call.worker is not None:
+            worker = call.worker
+            if stop_running or worker.head() is not call:
+                worker.cancel(call)
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        queue = self._queue
+        sched = self._sched
+        moved = False
+        while queue:
+            worker = sched.pick()
+            if worker is None:
+                break
+            call = queue.popleft()
+            worker.submit(call)
+            sched.update(worker, worker.load, worker.has_room)
+            moved = True
+        if moved:
+            self._notify_room()
+        if queue:
+            self._maybe_scale_up()
+
+    def _notify_room(self) -> None:
+        room = self._room
+        if room is not None and room.statistics().tasks_waiting:
+            room.set()
+            self._room = anyio.Event()
+
+    def _notify_changed(self) -> None:
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
+
+    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _maybe_scale_up(self) -> None:
+        if self._fsm.state is not PoolState.RUNNING:
+            return
+        starting = sum(1 for w in self._workers.values() if w.state in (WorkerState.SPAWNING, WorkerState.STARTING))
+        room = self.config.worker_limit - len(self._workers)
+        want = min(room, len(self._queue) - starting * self.config.pipeline_depth)
+        for _ in range(max(0, want)):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        assert self.task_group is not None
+        worker = Worker(self, self.config, self._launcher, f"{self.name}-w{next(self._worker_ids)}")
+        self._workers[worker.id] = worker
+        self._worker_starts += 1
+        self.task_group.start_soon(worker.run, name=f"poolkit worker {worker.id}")
+
+    # ---- WorkerOwner callbacks (synchronous) -----------------------------------------------
+    def worker_ready(self, worker: Worker) -> None:
+        self._consecutive_startup_failures = 0
+        self._sched.update(worker, worker.load, worker.has_room)
+        self._dispatch()
+        self._notify_changed()
+
+    def worker_capacity(self, worker: Worker) -> None:
+        self._sched.update(worker, worker.load, worker.has_room)
+        if self._queue:
+            self._dispatch()
+        if self._changed is not None:
+            self._notify_changed()
+
+    def worker_exited(self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None) -> None:
+        self._sched.remove(worker)
+        self._workers.pop(worker.id, None)
+        if startup_error is not None:
+            self._startup_failures += 1
+            self._consecutive_startup_failures += 1
+            self._log.warning("worker failed to start", worker_id=worker.id, error=str(startup_error).splitlines()[0])
+            if self._consecutive_startup_failures >= self.config.max_startup_failures:
+                self._break(PoolFailed(self.name, self._consecutive_startup_failures, startup_error))
+        elif worker.state is WorkerState.FAILED and not self._hard_closing:
+            self._worker_crashes += 1
+            self._log.warning(
+                "worker exited unexpectedly", worker_id=worker.id, pid=worker.pid, returncode=worker.returncode
+            )
+        if self._hard_closing or self._failure is not None:
+            for call in requeue:
+                call.fail(self._failure or PoolClosed(self.name, phase=Phase.SENT, detail="closed before the call ran"))
+        else:
+            self._queue.extendleft(reversed(requeue))
+        state = self._fsm.state
+        if not self._hard_closing and self._failure is None:
+            live = len(self._workers)
+            if state in (PoolState.STARTING, PoolState.RUNNING) and live < self.config.min_workers:
+                self._spawn()
+            elif state is PoolState.DRAINING and self._queue and live == 0:
+                self._spawn()
+        self._dispatch()
+        self._notify_changed()
+
+    def _break(self, failure: PoolFailed) -> None:
+        """Too many startup failures: stop trying, fail what waits, refuse new calls."""
+        self._failure = failure
+        if self._fsm.can(PoolEvent.BROKEN):
+            self._fsm.fire(PoolEvent.BROKEN, str(failure).splitlines()[0])
+        self._log.error("pool failed", error=str(failure).splitlines()[0])
+        for call in list(self._queue):
+            call.fail(failure)
+        self._queue.clear()
+        self._notify_room()
+
+    # ---- introspection -----------------------------------------------------------------------
+    def _count_ready(self) -> int:
+        return sum(1 for w in self._workers.values() if w.state.accepts_calls)
+
+    def _in_flight(self) -> int:
+        return sum(w.load for w in self._workers.values())
+
+    def statistics(self) -> PoolStatistics:
+        workers = tuple(
+            WorkerInfo(w.id, w.pid, w.state, w.load, w.calls_completed) for w in self._workers.values()
+        )
+        return PoolStatistics(
+            name=self.name,
+            state=self._fsm.state,
+            workers=workers,
+            queued=len(self._queue),
+            in_flight=sum(w.in_flight for w in workers),
+            completed=self._completed,
+            failed=self._failed,
+            timed_out=self._timed_out,
+            cancelled=self._cancelled,
+            worker_starts=self._worker_starts,
+            worker_crashes=self._worker_crashes,
+            startup_failures=self._startup_failures,
+        )
+
+    def workers(self) -> tuple[Worker, ...]:
+        """The live worker handles (for the test harness and diagnostics)."""
+        return tuple(self._workers.values())
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        by_state = collections.Counter(w.state.value for w in s.workers)
+        workers = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items())) or "none"
+        return (
+            f"<Pool {self.name!r} {s.state.value} | calls: {s.queued} queued, {s.in_flight} in flight, "
+            f"{s.completed} ok, {s.failed + s.timed_out} failed | workers: {workers}>"
+        )
+
+
+class MapIterator:
+    """Async iterator of :meth:`Pool.map` results, in input order. Also an async context manager."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        target: Any,
+        source: Iterator[tuple[Any, ...]],
+        concurrency: int | None,
+        timeout: float | None,
+    ) -> None:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        self._pool = pool
+        self._target = target
+        self._source: Iterator[tuple[Any, ...]] | None = source
+        self._concurrency = concurrency or pool.config.worker_limit * pool.config.pipeline_depth
+        self._timeout = timeout
+        self._pending: collections.deque[Call] = collections.deque()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def __anext__(self) -> Any:
+        pool = self._pool
+        try:
+            while self._source is not None and len(self._pending) < self._concurrency:
+                args = next(self._source, None)
+                if args is None:
+                    self._source = None
+                    break
+                call = pool._make_call(self._target, args, {}, self._timeout)
+                await pool._admit(call)
+                self._pending.append(call)
+            if not self._pending:
+                raise StopAsyncIteration
+            call = self._pending[0]
+            value = await pool._result(call)
+            self._pending.popleft()
+            return value
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            if self._pending and self._pending[0].ended:
+                self._pending.popleft()
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Withdraw what has not run; let running calls finish unobserved."""
+        self._source = None
+        while self._pending:
+            call = self._pending.popleft()
+            if not call.ended:
+                self._pool._abandon(call, stop_running=False)
+

@@ -1,0 +1,522 @@
+"""One worker handle: a process, its state machine, and the calls it holds.
+
+The handle runs one supervising task per worker (:meth:`Worker.run`) with three loops under
+it: the reader (frames from the worker; it also notices the end of the process), the writer
+(batches every frame queued since its last write into one ``send``: several calls per
+write when callers are many), and the stderr reader (free-form text, logged and kept as a
+tail for crash reports). Everything the pool asks of a worker (:meth:`submit`,
+:meth:`cancel`, :meth:`kill`, :meth:`shutdown`) is synchronous, so no caller ever has to
+await a worker, and cancellation of a caller can never leave a half-done write behind.
+
+Calls are answered in order, so the first call in ``_inflight`` is the one running; the
+rest were sent but have not started. When the process ends, only that first call can have
+run: it fails with a typed error, the others go back to the pool to be sent elsewhere.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+
+from . import _protocol as proto
+from ._call import Call, CallStatus
+from ._errors import (
+    CallError,
+    PayloadTooLarge,
+    PoolError,
+    Phase,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+    WorkerCrashed,
+    WorkerStartupError,
+)
+from ._log import get_logger
+from ._state import WorkerEvent, WorkerState, WorkerStateMachine
+
+if TYPE_CHECKING:
+    from ._config import PoolConfig
+    from ._transport import Connection, Launcher
+
+__all__ = ["Worker", "WorkerOwner"]
+
+_STDERR_TAIL = 20
+_ERROR_PHASES = {
+    "decoding": Phase.SENT,
+    "resolving": Phase.SENT,
+    "running": Phase.RUNNING,
+    "encoding": Phase.RETURNING,
+}
+
+
+class WorkerOwner(Protocol):
+    """What a worker reports to its pool. All callbacks are synchronous."""
+
+    def worker_ready(self, worker: Worker) -> None: ...
+
+    def worker_capacity(self, worker: Worker) -> None:
+        """The worker's in-flight count changed (a call ended)."""
+
+    def worker_exited(self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None) -> None:
+        """The worker is gone. ``requeue``: calls sent to it that certainly never started."""
+
+
+class Worker:
+    """See the module docstring. Created by the pool, which runs :meth:`run` in its task group."""
+
+    def __init__(
+        self, owner: WorkerOwner, config: PoolConfig, launcher: Launcher, worker_id: str, *, generation: int = 0
+    ) -> None:
+        self.id = worker_id
+        self.generation = generation
+        self.fsm = WorkerStateMachine(self.id)
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.calls_completed = 0
+        self.handshake: dict[str, Any] = {}
+        self._owner = owner
+        self._config = config
+        self._launcher = launcher
+        self._depth = config.pipeline_depth
+        self._max_frame = config.max_frame_size
+        self._conn: Connection | None = None
+        self._inflight: dict[int, Call] = {}
+        self._next_id = itertools.count(1).__next__
+        self._out_tx, self._out_rx = anyio.create_memory_object_stream[bytes](math.inf)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._fault: Callable[[Call], PoolError] | None = None  # how to fail the running call
+        self._kill_requested = False
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
+        self._log = get_logger("poolkit.worker", worker_id=self.id)
+
+    # ---- what the pool reads -------------------------------------------------------------
+    @property
+    def state(self) -> WorkerState:
+        return self.fsm.state
+
+    @property
+    def load(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def has_room(self) -> bool:
+        return self.fsm.state.accepts_calls and len(self._inflight) < self._depth
+
+    def head(self) -> Call | None:
+        """The call the worker is running now (the oldest one sent), if any."""
+        for call in self._inflight.values():
+            return call
+        return None
+
+    @property
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr_tail)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} pid={self.pid} {self.fsm.state.name} in_flight={len(self._inflight)}>"
+
+    # ---- what the pool asks (all synchronous) ------------------------------------------
+    def submit(self, call: Call) -> None:
+        """Send ``call`` to this worker. The pool checked :attr:`has_room` first."""
+        call_id = self._next_id()
+        call.call_id = call_id
+        call.worker = self
+        call.status = CallStatus.SENT
+        self._inflight[call_id] = call
+        self.fsm.fire(WorkerEvent.DISPATCH)
+        self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec))
+
+    def cancel(self, call: Call) -> None:
+        """The caller of ``call`` gave up. Stop the call without harming the others.
+
+        If it is running, the only way to stop it is to kill the process (Python code
+        cannot be interrupted safely from outside). If it was sent but has not started, a
+        CANCEL frame asks the worker to skip it; if the worker started it anyway (a race),
+        its reply is dropped.
+        """
+        if call.worker is not self or call.call_id not in self._inflight:
+            return
+        if self.head() is call:
+            self.kill("running call was cancelled or timed out", fault=None)
+        else:
+            self._send(proto.FrameKind.CANCEL, call.call_id)
+
+    def kill(self, reason: str, *, fault: Callable[[Call], PoolError] | None = None) -> None:
+        """Stop the process now: SIGTERM, then SIGKILL after ``kill_grace`` seconds.
+
+        ``fault`` builds the error for the running call (None: the running call's caller
+        has already gone, or the default crash error applies).
+        """
+        if self._kill_requested or self.fsm.state.is_terminal:
+            return
+        self._kill_requested = True
+        if fault is not None:
+            self._fault = fault
+        if self.fsm.can(WorkerEvent.KILL):
+            self.fsm.fire(WorkerEvent.KILL, reason)
+        self._log.debug("killing worker", reason=reason, pid=self.pid)
+        if self._conn is not None:
+            self._conn.terminate()
+            if self._tg is not None:
+                self._tg.start_soon(self._escalate)
+
+    def drain(self) -> None:
+        """Take no new calls; finish the ones in flight."""
+        if self.fsm.can(WorkerEvent.DRAIN):
+            self.fsm.fire(WorkerEvent.DRAIN)
+
+    def shutdown(self) -> None:
+        """Ask the worker to finish what it was sent and exit cleanly."""
+        if self.fsm.can(WorkerEvent.STOP):
+            self.fsm.fire(WorkerEvent.STOP, "shutdown")
+            if self._conn is not None:
+                self._send(proto.FrameKind.SHUTDOWN, 0)
+
+    def _send(self, kind: proto.FrameKind, call_id: int) -> None:
+        try:
+            self._out_tx.send_nowait(proto.encode_frame(kind, call_id))
+        except anyio.ClosedResourceError:
+            pass
+
+    # ---- the supervising task -------------------------------------------------------------
+    async def run(self) -> None:
+        """Spawn, handshake, serve until the process ends, then report. Never raises
+        (except cancellation), because a failure here must not take the pool down."""
+        startup_error: WorkerStartupError | None = None
+        try:
+            try:
+                self._conn = await self._launcher.launch(
+                    self._spec(),
+                    command=self._config.worker.command,
+                    python=self._config.worker.python,
+                    env=self._config.worker.env,
+                    cwd=self._config.worker.cwd,
+                    task_group=self._require_tg(),
+                )
+            except OSError as exc:
+                self.fsm.fire(WorkerEvent.SPAWN_FAILED, str(exc))
+                startup_error = WorkerStartupError(self.id, pid=None, reason=f"could not spawn: {exc}")
+                return
+            self.pid = self._conn.pid
+            self._log = self._log.bind(pid=self.pid)
+            self.fsm.fire(WorkerEvent.SPAWNED)
+            if self._kill_requested:  # killed while spawning (pool closing)
+                self._kill_requested = False
+                self.kill("pool closed during spawn")
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._stderr_loop)
+                tg.start_soon(self._writer_loop)
+                decoder = proto.FrameDecoder(self._max_frame)
+                startup_error = await self._handshake(decoder)
+                if startup_error is None:
+                    await self._reader_loop(decoder)
+                await self._reap()
+                tg.cancel_scope.cancel()
+        except Exception as exc:  # a bug in poolkit: report it as a crash, never hang the pool
+            self._log.exception("worker supervisor failed", error=repr(exc))
+            self._fault = self._fault or (lambda call: self._crash_error(call, detail=f"supervisor error: {exc!r}"))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish(startup_error)
+
+    def _require_tg(self) -> anyio.abc.TaskGroup:
+        tg = getattr(self._owner, "task_group", None)
+        assert tg is not None, "owner must expose its task_group"
+        return tg  # type: ignore[no-any-return]
+
+    def _spec(self) -> dict[str, Any]:
+        import os
+
+        spec = self._config.worker
+        return {
+            "worker_id": self.id,
+            "handler": spec.handler,
+            "preload": list(spec.preload),
+            "codec": spec.codec,
+            "parent_pid": os.getpid(),
+            "max_frame_size": self._max_frame,
+        }
+
+    async def _handshake(self, decoder: proto.FrameDecoder) -> WorkerStartupError | None:
+        assert self._conn is not None
+        with anyio.move_on_after(self._config.startup_timeout) as scope:
+            while True:
+                data = await self._conn.receive()
+                if not data:
+                    returncode = await self._wait_exit()
+                    return WorkerStartupError(
+                        self.id,
+                        pid=self.pid,
+                        reason="exited before its handshake",
+                        exit_code=returncode,
+                        stderr_tail=self.stderr_tail,
+                    )
+                try:
+                    frames = decoder.feed(data)
+                except proto.ProtocolViolation as exc:
+                    self.kill("bad handshake")
+                    return WorkerStartupError(self.id, pid=self.pid, reason=f"invalid handshake: {exc}")
+                for i, frame in enumerate(frames):
+                    if frame.kind is proto.FrameKind.LOG:
+                        self._on_log(frame)
+                        continue
+                    if frame.kind is proto.FrameKind.READY:
+                        self.handshake = self._json(frame.payload) or {}
+                        if self.handshake.get("protocol") != proto.PROTOCOL_VERSION:
+                            self.kill("protocol version mismatch")
+                            return WorkerStartupError(
+                                self.id,
+                                pid=self.pid,
+                                reason=f"worker speaks protocol {self.handshake.get('protocol')!r}, "
+                                f"pool speaks {proto.PROTOCOL_VERSION}",
+                            )
+                        self.fsm.fire(WorkerEvent.HANDSHAKE)
+                        self._owner.worker_ready(self)
+                        for rest in frames[i + 1 :]:
+                            self._on_frame(rest)
+                        return None
+                    if frame.kind is proto.FrameKind.STARTUP_FAILED:
+                        info = self._json(frame.payload) or {}
+                        returncode = await self._wait_exit()
+                        return WorkerStartupError(
+                            self.id,
+                            pid=self.pid,
+                            reason=f"{info.get('type', 'error')}: {info.get('message', '')}",
+                            remote_type=info.get("type"),
+                            remote_traceback=info.get("traceback"),
+                            exit_code=returncode,
+                            stderr_tail=self.stderr_tail,
+                        )
+                    self.kill("unexpected frame before handshake")
+                    return WorkerStartupError(
+                        self.id, pid=self.pid, reason=f"unexpected {frame.kind.name} frame before READY"
+                    )
+        assert scope.cancel_called
+        self.kill("handshake timeout")
+        return WorkerStartupError(
+            self.id,
+            pid=self.pid,
+            reason=f"no handshake within startup_timeout={self._config.startup_timeout:g}s",
+            stderr_tail=self.stderr_tail,
+        )
+
+    async def _wait_exit(self) -> int:
+        assert self._conn is not None
+        with anyio.move_on_after(max(self._config.kill_grace, 1.0)):
+            self.returncode = await self._conn.wait()
+            return self.returncode
+        self._conn.kill()
+        self.returncode = await self._conn.wait()
+        return self.returncode
+
+    async def _reader_loop(self, decoder: proto.FrameDecoder) -> None:
+        assert self._conn is not None
+        receive = self._conn.receive
+        feed = decoder.feed
+        on_frame = self._on_frame
+        while True:
+            data = await receive()
+            if not data:
+                return
+            try:
+                frames = feed(data)
+            except proto.ProtocolViolation as exc:
+                self._protocol_fault(str(exc))
+                return
+            for frame in frames:
+                on_frame(frame)
+                if self._kill_requested and self._fault is not None:
+                    return
+
+    def _on_frame(self, frame: proto.Frame) -> None:
+        kind = frame.kind
+        if kind is proto.FrameKind.RESULT or kind is proto.FrameKind.ERROR:
+            call = self._pop(frame.call_id, kind)
+            if call is None:
+                return
+            self.calls_completed += 1
+            if call.status is CallStatus.SENT:
+                if kind is proto.FrameKind.RESULT:
+                    call.succeed(frame.payload, frame.codec)
+                else:
+                    call.fail(self._remote_error(call, frame.payload))
+            self._after_call()
+        elif kind is proto.FrameKind.CANCELLED:
+            call = self._inflight.pop(frame.call_id, None)
+            if call is not None and call.status is CallStatus.SENT:
+                # Only the pool cancels, and only for abandoned calls; a CANCELLED for a live
+                # call means the worker is confused.
+                self._protocol_fault(f"CANCELLED for call {frame.call_id} that was not cancelled")
+                return
+            self._after_call()
+        elif kind is proto.FrameKind.LOG:
+            self._on_log(frame)
+        elif kind is proto.FrameKind.PONG:
+            pass  # heartbeats: a later issue
+        else:
+            self._protocol_fault(f"unexpected {kind.name} frame from worker")
+
+    def _pop(self, call_id: int, kind: proto.FrameKind) -> Call | None:
+        head = self.head()
+        if head is None or head.call_id != call_id:
+            self._protocol_fault(
+                f"{kind.name} for call {call_id}, but the call running is "
+                f"{head.call_id if head else 'none'} (replies must come in order)"
+            )
+            return None
+        del self._inflight[call_id]
+        return head
+
+    def _after_call(self) -> None:
+        if not self._inflight and self.fsm.can(WorkerEvent.IDLE):
+            self.fsm.fire(WorkerEvent.IDLE)
+        self._owner.worker_capacity(self)
+
+    def _protocol_fault(self, detail: str) -> None:
+        self._log.warning("protocol error from worker", detail=detail)
+        self.kill(
+            f"protocol error: {detail}",
+            fault=lambda call: ProtocolError(
+                detail, phase=Phase.RUNNING, worker_id=self.id, pid=self.pid, target=call.target_name
+            ),
+        )
+
+    def _remote_error(self, call: Call, payload: bytes) -> CallError:
+        info = self._json(payload)
+        if not isinstance(info, dict):
+            return ProtocolError(
+                "ERROR frame payload is not a JSON object",
+                phase=Phase.RUNNING,
+                worker_id=self.id,
+                pid=self.pid,
+                target=call.target_name,
+            )
+        phase = _ERROR_PHASES.get(str(info.get("phase")), Phase.RUNNING)
+        kw: dict[str, Any] = {"phase": phase, "worker_id": self.id, "pid": self.pid, "target": call.target_name}
+        rtype = str(info.get("type", "Exception"))
+        message = str(info.get("message", ""))
+        tb = str(info.get("traceback", ""))
+        if rtype == "poolkit.PayloadTooLarge":
+            return PayloadTooLarge(
+                int(info.get("size", 0)), int(info.get("limit", self._max_frame)), what="result", **kw
+            )
+        if info.get("phase") in ("decoding", "encoding"):
+            return SerializationError(f"{rtype}: {message}", side="worker", remote_traceback=tb, **kw)
+        return RemoteError(rtype, message, tb, **kw)
+
+    @staticmethod
+    def _json(payload: bytes) -> Any:
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return None
+
+    def _on_log(self, frame: proto.Frame) -> None:
+        info = self._json(frame.payload)
+        if isinstance(info, dict):
+            self._log.info("worker output", stream=info.get("stream"), line=info.get("line"), call_id=frame.call_id)
+
+    async def _writer_loop(self) -> None:
+        assert self._conn is not None
+        rx = self._out_rx
+        send = self._conn.send
+        try:
+            async for first in rx:
+                chunks = [first]
+                while True:
+                    try:
+                        chunks.append(rx.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await send(first if len(chunks) == 1 else b"".join(chunks))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the process is gone; the reader sees the end of stream
+
+    async def _stderr_loop(self) -> None:
+        assert self._conn is not None
+        pending = b""
+        while True:
+            data = await self._conn.receive_stderr()
+            if not data:
+                if pending:
+                    self._stderr_line(pending)
+                return
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self._stderr_line(line)
+
+    def _stderr_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        self._stderr_tail.append(line)
+        self._log.info("worker output", stream="stderr", line=line)
+
+    async def _escalate(self) -> None:
+        assert self._conn is not None
+        with anyio.move_on_after(self._config.kill_grace):
+            await self._conn.wait()
+            return
+        self._conn.kill()
+
+    async def _reap(self) -> None:
+        """The frame stream ended: wait for the exit; SIGTERM, then SIGKILL, if it lingers."""
+        assert self._conn is not None
+        for escalate in (self._conn.terminate, self._conn.kill):
+            with anyio.move_on_after(self._config.kill_grace):
+                self.returncode = await self._conn.wait()
+                return
+            escalate()
+        self.returncode = await self._conn.wait()
+
+    def _crash_error(self, call: Call, detail: str = "") -> CallError:
+        code = self.returncode
+        err = WorkerCrashed(
+            exit_code=code if code is None or code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            stderr_tail=self.stderr_tail,
+            phase=Phase.RUNNING,
+            worker_id=self.id,
+            pid=self.pid,
+            target=call.target_name,
+        )
+        if detail:
+            err.add_note(detail)
+        return err
+
+    async def _finish(self, startup_error: WorkerStartupError | None) -> None:
+        """Kill whatever is left, settle the state, hand the calls back. Runs shielded."""
+        conn = self._conn
+        if conn is not None:
+            if conn.returncode is None:
+                conn.kill()
+                with anyio.move_on_after(5):
+                    self.returncode = await conn.wait()
+            else:
+                self.returncode = conn.returncode
+            await conn.aclose()
+        self._out_tx.close()
+        if self.fsm.can(WorkerEvent.EXITED):
+            self.fsm.fire(WorkerEvent.EXITED, f"returncode={self.returncode}")
+        elif not self.fsm.state.is_terminal and self.fsm.can(WorkerEvent.STOP):
+            self.fsm.fire(WorkerEvent.STOP)
+        requeue: list[Call] = []
+        calls = list(self._inflight.values())
+        self._inflight.clear()
+        for i, call in enumerate(calls):
+            if call.status is not CallStatus.SENT:
+                continue
+            if i == 0:
+                call.fail((self._fault or self._crash_error)(call))
+            else:
+                call.status = CallStatus.QUEUED
+                call.worker = None
+                requeue.append(call)
+        self._owner.worker_exited(self, requeue, startup_error)
