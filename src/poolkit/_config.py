@@ -96,9 +96,7 @@ class PoolConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> PoolConfig:
         if self.max_workers is not None and self.max_workers < self.min_workers:
-            raise ValueError(
-                f"max_workers ({self.max_workers}) must be >= min_workers ({self.min_workers})"
-            )
+            raise ValueError(f"max_workers ({self.max_workers}) must be >= min_workers ({self.min_workers})")
         return self
 
     @property

@@ -24,8 +24,8 @@ __all__ = [
     "CallError",
     "CallTimeout",
     "FailureKind",
-    "Phase",
     "PayloadTooLarge",
+    "Phase",
     "PoolClosed",
     "PoolError",
     "PoolFailed",
@@ -213,7 +213,10 @@ class WorkerCrashed(CallError):
         self.exit_code = exit_code
         self.signal = signal
         self.stderr_tail = stderr_tail
-        how = _describe_exit(exit_code if signal is None else -signal)
+        if signal is not None:
+            how = _describe_exit(-signal)
+        else:
+            how = _describe_exit(exit_code) if exit_code is not None else "exit status unknown"
         msg = f"worker process died ({how})"
         if stderr_tail:
             msg += "; last stderr: " + stderr_tail.strip().splitlines()[-1][:300]
@@ -244,7 +247,8 @@ class PayloadTooLarge(CallError, ValueError):
         self.size = size
         self.limit = limit
         super().__init__(
-            f"{what} of {size} bytes exceeds max_frame_size={limit} bytes", **kw  # type: ignore[arg-type]
+            f"{what} of {size} bytes exceeds max_frame_size={limit} bytes",
+            **kw,  # type: ignore[arg-type]
         )
 
 

@@ -145,7 +145,9 @@ class _FakeWorker:
         self.handler: Any = None
         self.targets: dict[str, Any] = {}
 
-    def _send(self, kind: proto.FrameKind, call_id: int, payload: bytes = b"", codec: int = proto.Codec.JSON) -> None:
+    def _send(
+        self, kind: proto.FrameKind, call_id: int, payload: bytes = b"", codec: int = proto.Codec.JSON
+    ) -> None:
         try:
             self.conn.to_parent_tx.send_nowait(proto.encode_frame(kind, call_id, payload, codec))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -183,8 +185,12 @@ class _FakeWorker:
         self._send_json(
             proto.FrameKind.READY,
             0,
-            {"pid": self.conn.pid, "protocol": proto.PROTOCOL_VERSION, "worker_id": self.spec.get("worker_id"),
-             "runtime": "memory"},
+            {
+                "pid": self.conn.pid,
+                "protocol": proto.PROTOCOL_VERSION,
+                "worker_id": self.spec.get("worker_id"),
+                "runtime": "memory",
+            },
         )
         decoder = proto.FrameDecoder(int(self.spec.get("max_frame_size", proto.DEFAULT_MAX_FRAME_SIZE)))
         pending: list[proto.Frame] = []
@@ -209,7 +215,8 @@ class _FakeWorker:
                     if cancelled:
                         self._send(proto.FrameKind.CANCELLED, frame.call_id)
                         pending = [
-                            f for f in pending
+                            f
+                            for f in pending
                             if not (f.kind is proto.FrameKind.CANCEL and f.call_id == frame.call_id)
                         ]
                     else:
@@ -270,7 +277,12 @@ class _FakeWorker:
         self._send_json(
             proto.FrameKind.ERROR,
             call_id,
-            {"type": _qualname(exc), "message": str(exc), "traceback": traceback.format_exc(), "phase": phase},
+            {
+                "type": _qualname(exc),
+                "message": str(exc),
+                "traceback": traceback.format_exc(),
+                "phase": phase,
+            },
         )
 
 

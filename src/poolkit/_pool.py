@@ -35,7 +35,6 @@ from ._errors import (
     PayloadTooLarge,
     Phase,
     PoolClosed,
-    PoolError,
     PoolFailed,
     QueueFull,
     SerializationError,
@@ -90,7 +89,9 @@ class Pool:
     harness runs the same pool over in-process fake workers this way).
     """
 
-    def __init__(self, config: PoolConfig | None = None, /, *, launcher: Launcher | None = None, **overrides: Any):
+    def __init__(
+        self, config: PoolConfig | None = None, /, *, launcher: Launcher | None = None, **overrides: Any
+    ):
         if config is None:
             config = PoolConfig(**overrides)
         elif overrides:
@@ -211,7 +212,9 @@ class Pool:
         await self._wait_for(lambda: not self._workers)
 
     # ---- calls -------------------------------------------------------------------------------
-    async def call(self, target: str | Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    async def call(
+        self, target: str | Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Run ``target(*args, **kwargs)`` in a worker and return its result.
 
         ``target``: ``"pkg.mod:func"``, a method name of the configured handler, or (pickle
@@ -242,7 +245,7 @@ class Pool:
         and running ones finish in their worker with their results discarded.
         Use ``async with pool.map(...) as results:`` to close it promptly on early exit.
         """
-        return MapIterator(self, target, zip(*iterables), concurrency, timeout)
+        return MapIterator(self, target, zip(*iterables, strict=False), concurrency, timeout)
 
     def starmap(
         self,
@@ -256,7 +259,9 @@ class Pool:
         """Like :meth:`map`, but each item of ``iterable`` is the tuple of arguments."""
         return MapIterator(self, target, (tuple(args) for args in iterable), concurrency, timeout)
 
-    def _make_call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Call:
+    def _make_call(
+        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Call:
         self._check_open()
         name = describe_target(target)
         if self._codec == proto.Codec.JSON and not isinstance(target, str):
@@ -272,7 +277,10 @@ class Pool:
             payload = proto.encode_payload([target, list(args), kwargs], self._codec)
         except (Exception, SystemExit) as exc:
             raise SerializationError(
-                f"could not encode the call: {type(exc).__name__}: {exc}", side="parent", phase=Phase.QUEUED, target=name
+                f"could not encode the call: {type(exc).__name__}: {exc}",
+                side="parent",
+                phase=Phase.QUEUED,
+                target=name,
             ) from exc
         limit = self.config.max_frame_size
         if len(payload) > limit:
@@ -404,7 +412,9 @@ class Pool:
     def _maybe_scale_up(self) -> None:
         if self._fsm.state is not PoolState.RUNNING:
             return
-        starting = sum(1 for w in self._workers.values() if w.state in (WorkerState.SPAWNING, WorkerState.STARTING))
+        starting = sum(
+            1 for w in self._workers.values() if w.state in (WorkerState.SPAWNING, WorkerState.STARTING)
+        )
         room = self.config.worker_limit - len(self._workers)
         want = min(room, len(self._queue) - starting * self.config.pipeline_depth)
         for _ in range(max(0, want)):
@@ -431,31 +441,41 @@ class Pool:
         if self._changed is not None:
             self._notify_changed()
 
-    def worker_exited(self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None) -> None:
+    def worker_exited(
+        self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None
+    ) -> None:
         self._sched.remove(worker)
         self._workers.pop(worker.id, None)
         if startup_error is not None:
             self._startup_failures += 1
             self._consecutive_startup_failures += 1
-            self._log.warning("worker failed to start", worker_id=worker.id, error=str(startup_error).splitlines()[0])
+            self._log.warning(
+                "worker failed to start", worker_id=worker.id, error=str(startup_error).splitlines()[0]
+            )
             if self._consecutive_startup_failures >= self.config.max_startup_failures:
                 self._break(PoolFailed(self.name, self._consecutive_startup_failures, startup_error))
         elif worker.state is WorkerState.FAILED and not self._hard_closing:
             self._worker_crashes += 1
             self._log.warning(
-                "worker exited unexpectedly", worker_id=worker.id, pid=worker.pid, returncode=worker.returncode
+                "worker exited unexpectedly",
+                worker_id=worker.id,
+                pid=worker.pid,
+                returncode=worker.returncode,
             )
         if self._hard_closing or self._failure is not None:
             for call in requeue:
-                call.fail(self._failure or PoolClosed(self.name, phase=Phase.SENT, detail="closed before the call ran"))
+                call.fail(
+                    self._failure
+                    or PoolClosed(self.name, phase=Phase.SENT, detail="closed before the call ran")
+                )
         else:
             self._queue.extendleft(reversed(requeue))
         state = self._fsm.state
         if not self._hard_closing and self._failure is None:
             live = len(self._workers)
-            if state in (PoolState.STARTING, PoolState.RUNNING) and live < self.config.min_workers:
-                self._spawn()
-            elif state is PoolState.DRAINING and self._queue and live == 0:
+            if (state in (PoolState.STARTING, PoolState.RUNNING) and live < self.config.min_workers) or (
+                state is PoolState.DRAINING and self._queue and live == 0
+            ):
                 self._spawn()
         self._dispatch()
         self._notify_changed()
@@ -572,4 +592,3 @@ class MapIterator:
             call = self._pending.popleft()
             if not call.ended:
                 self._pool._abandon(call, stop_running=False)
-

@@ -155,8 +155,7 @@ class FrameDecoder:
                 )
             if length > self._max_frame_size:
                 raise ProtocolViolation(
-                    f"frame of {length} bytes exceeds the maximum frame size "
-                    f"of {self._max_frame_size} bytes"
+                    f"frame of {length} bytes exceeds the maximum frame size of {self._max_frame_size} bytes"
                 )
             stop = offset + HEADER_SIZE + length
             if stop > end:

@@ -72,9 +72,13 @@ class SyncPool:
             raise RuntimeError("SyncPool is not running: use it as 'with SyncPool(...) as pool:'")
         return self._portal
 
-    def call(self, target: str | Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(
+        self, target: str | Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Blocking :meth:`Pool.call`."""
-        return self._require_portal().call(functools.partial(self._pool.call, target, *args, timeout=timeout, **kwargs))
+        return self._require_portal().call(
+            functools.partial(self._pool.call, target, *args, timeout=timeout, **kwargs)
+        )
 
     def map(
         self,

@@ -108,7 +108,7 @@ class _ProcessConnection:
     async def wait(self) -> int:
         return await self._proc.wait()
 
-    def _signal(self, sig: int) -> None:
+    def _signal(self, sig: signal.Signals) -> None:
         if self._proc.returncode is not None:
             return
         try:

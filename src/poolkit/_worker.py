@@ -30,8 +30,8 @@ from ._call import Call, CallStatus
 from ._errors import (
     CallError,
     PayloadTooLarge,
-    PoolError,
     Phase,
+    PoolError,
     ProtocolError,
     RemoteError,
     SerializationError,
@@ -64,7 +64,9 @@ class WorkerOwner(Protocol):
     def worker_capacity(self, worker: Worker) -> None:
         """The worker's in-flight count changed (a call ended)."""
 
-    def worker_exited(self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None) -> None:
+    def worker_exited(
+        self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None
+    ) -> None:
         """The worker is gone. ``requeue``: calls sent to it that certainly never started."""
 
 
@@ -72,7 +74,13 @@ class Worker:
     """See the module docstring. Created by the pool, which runs :meth:`run` in its task group."""
 
     def __init__(
-        self, owner: WorkerOwner, config: PoolConfig, launcher: Launcher, worker_id: str, *, generation: int = 0
+        self,
+        owner: WorkerOwner,
+        config: PoolConfig,
+        launcher: Launcher,
+        worker_id: str,
+        *,
+        generation: int = 0,
     ) -> None:
         self.id = worker_id
         self.generation = generation
@@ -222,7 +230,8 @@ class Worker:
                 tg.cancel_scope.cancel()
         except Exception as exc:  # a bug in poolkit: report it as a crash, never hang the pool
             self._log.exception("worker supervisor failed", error=repr(exc))
-            self._fault = self._fault or (lambda call: self._crash_error(call, detail=f"supervisor error: {exc!r}"))
+            detail = f"supervisor error: {exc!r}"
+            self._fault = self._fault or (lambda call: self._crash_error(call, detail=detail))
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(startup_error)
@@ -400,7 +409,12 @@ class Worker:
                 target=call.target_name,
             )
         phase = _ERROR_PHASES.get(str(info.get("phase")), Phase.RUNNING)
-        kw: dict[str, Any] = {"phase": phase, "worker_id": self.id, "pid": self.pid, "target": call.target_name}
+        kw: dict[str, Any] = {
+            "phase": phase,
+            "worker_id": self.id,
+            "pid": self.pid,
+            "target": call.target_name,
+        }
         rtype = str(info.get("type", "Exception"))
         message = str(info.get("message", ""))
         tb = str(info.get("traceback", ""))
@@ -422,7 +436,9 @@ class Worker:
     def _on_log(self, frame: proto.Frame) -> None:
         info = self._json(frame.payload)
         if isinstance(info, dict):
-            self._log.info("worker output", stream=info.get("stream"), line=info.get("line"), call_id=frame.call_id)
+            self._log.info(
+                "worker output", stream=info.get("stream"), line=info.get("line"), call_id=frame.call_id
+            )
 
     async def _writer_loop(self) -> None:
         assert self._conn is not None
@@ -503,6 +519,7 @@ class Worker:
                 self.returncode = conn.returncode
             await conn.aclose()
         self._out_tx.close()
+        self._out_rx.close()
         if self.fsm.can(WorkerEvent.EXITED):
             self.fsm.fire(WorkerEvent.EXITED, f"returncode={self.returncode}")
         elif not self.fsm.state.is_terminal and self.fsm.can(WorkerEvent.STOP):
