@@ -1,0 +1,103 @@
+"""Developer and CI entry points: ``nox -l`` lists them, ``nox`` runs lint, typecheck and tests.
+
+CI (``.ci/run``) runs ``nox -s lint typecheck tests``, the same line the README gives.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+
+# Plain `nox` runs what CI runs.
+nox.options.sessions = ["lint", "typecheck", "tests"]
+# Reuse session venvs between local runs (much faster iteration). Every session still runs
+# `pip install` each time, so new or raised dependencies are picked up; only a dependency removed
+# from pyproject.toml lingers until `nox --reuse-venv=no` rebuilds. CI starts from a fresh clone
+# with no .nox/, so this never affects CI.
+nox.options.reuse_venv = "yes"
+
+PYTHON = "3.11"
+ROOT = Path(__file__).parent
+LINT_PATHS = ["src", "tests", "examples", "noxfile.py"]
+# Forwarded to pytest when set: multiplies the tests' timeouts on slow machines (tests/_util.py).
+PASSTHROUGH_ENV = ["POOLKIT_TIMEOUT_FACTOR"]
+
+
+def _dev_requirement(name: str) -> str:
+    """The requirement string for `name` from the `dev` extra, so bounds live in one place."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        dev = tomllib.load(f)["project"]["optional-dependencies"]["dev"]
+    for req in dev:
+        if req == name or req.startswith((f"{name}>", f"{name}<", f"{name}=", f"{name}~", f"{name}[")):
+            return str(req)
+    raise LookupError(f"{name!r} is not in the dev extra of pyproject.toml")
+
+
+def _pytest_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
+
+
+def _pytest(session: nox.Session, *args: str) -> None:
+    session.run("pytest", *args, *session.posargs, env=_pytest_env())
+
+
+# Both runs use xdist, so they pass --benchmark-disable: pytest-benchmark cannot time reliably under
+# xdist and may then emit a PytestBenchmarkWarning, which `filterwarnings = ["error"]` would turn
+# into a failure. Benchmark tests still run their function once, as plain tests.
+def _unit(session: nox.Session) -> None:
+    _pytest(session, "tests/unit", "-n", "2", "--benchmark-disable")
+
+
+def _integration(session: nox.Session) -> None:
+    # loadgroup: tests marked @pytest.mark.xdist_group("name") run in the same worker process.
+    _pytest(session, "tests/integration", "-n", "2", "--dist", "loadgroup", "--benchmark-disable")
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Unit tests (no worker processes), two xdist workers."""
+    session.install("-e", ".[test]")
+    _unit(session)
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Integration tests against real worker processes."""
+    session.install("-e", ".[test]")
+    _integration(session)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit then integration tests, one install. Extra args go to both pytest runs."""
+    session.install("-e", ".[test]")
+    _unit(session)
+    _integration(session)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    session.install(_dev_requirement("ruff"))
+    paths = [p for p in LINT_PATHS if (ROOT / p).exists()]
+    session.run("ruff", "check", *session.posargs, *paths)
+    session.run("ruff", "format", "--check", "--diff", *paths)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over src and tests (configured in pyproject.toml)."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Run examples/demo.py against a real pool."""
+    session.install("-e", ".")
+    session.run("python", "examples/demo.py", *session.posargs)
