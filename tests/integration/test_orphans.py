@@ -1,0 +1,90 @@
+"""No orphans: workers die with their parent, however the parent dies.
+
+The parent is a separate process (tests/integration/_parent.py) so the test can kill it or let
+a fault kill it. Workers notice through the parent-death signal (Linux) and EOF on their
+input; the test asserts every worker pid is gone within a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from _util import TESTS_DIR, pid_alive, scaled, wait_until_sync
+from integration import _faults
+from poolkit import Pool
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("processes")]
+
+BACKENDS = ["asyncio", "trio"]
+
+
+@contextlib.contextmanager
+def _parent(backend: str, mode: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """Start the parent; always reap it and close its pipes, whatever the test does."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    with subprocess.Popen(
+        [sys.executable, "-m", "integration._parent", backend, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=TESTS_DIR,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # blocks until the pool is up (bounded by the global timeout)
+            if not line:
+                proc.wait(timeout=scaled(10))
+                raise AssertionError(f"parent failed to start: {proc.stderr.read() if proc.stderr else ''}")
+            pids = json.loads(line)
+            assert len(pids) == 2
+            yield proc, pids
+        finally:
+            proc.kill()
+            proc.communicate(timeout=scaled(10))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkilled_parent_leaves_no_worker(backend: str) -> None:
+    """SIGKILL the parent while its pool is idle: every worker exits within seconds."""
+    with _parent(backend, "wait") as (proc, pids):
+        assert all(pid_alive(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=scaled(10)) == -signal.SIGKILL
+        wait_until_sync(lambda: not any(pid_alive(p) for p in pids), 10, f"workers {pids} gone")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("mode", "returncode"),
+    [
+        ("crash-pickle", -signal.SIGSEGV),
+        ("os_exit-pickle", 7),
+        ("crash-unpickle", -signal.SIGSEGV),
+        ("os_exit-unpickle", 7),
+    ],
+)
+def test_parent_dying_mid_call_leaves_no_worker(backend: str, mode: str, returncode: int) -> None:
+    """The deadlock matrix rows that kill the caller's own process: a segfault or os._exit
+    while the parent pickles a call or unpickles a result. The parent dies; its workers follow."""
+    with _parent(backend, mode) as (proc, pids):
+        assert proc.wait(timeout=scaled(20)) == returncode
+        wait_until_sync(lambda: not any(pid_alive(p) for p in pids), 10, f"workers {pids} gone")
+
+
+@pytest.mark.anyio
+async def test_closing_the_pool_leaves_no_worker() -> None:
+    """After ``async with Pool`` exits, every worker process it started has exited."""
+    async with Pool(min_workers=2) as pool:
+        pids = [w.pid for w in pool.statistics().workers]
+        assert await pool.call(_faults.echo, 1) == 1
+    assert pids and all(p is not None and not pid_alive(p) for p in pids)
