@@ -159,6 +159,8 @@ class Pool:
             failure = self._failure
             await self.aclose(drain=False)
             raise failure from failure.cause
+        if not self._fsm.can(PoolEvent.STARTED):  # aclose() ran while we were starting
+            raise PoolClosed(self.name, detail="closed while starting")
         self._fsm.fire(PoolEvent.STARTED)
         self._log.debug("pool started", workers=len(self._workers))
 

@@ -54,6 +54,7 @@ HEADER_SIZE = HEADER.size  # 22
 _PREFIX = struct.Struct("!2sBBHQI")  # the header without its checksum
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 _CODEC_MASK = 0x000F
+_CODECS = frozenset({0, 1})
 
 
 class FrameKind(enum.IntEnum):
@@ -80,7 +81,16 @@ class Codec(enum.IntEnum):
 
 
 class ProtocolViolation(ValueError):
-    """Bytes on the wire that are not a valid frame: bad magic, version, kind, checksum or size."""
+    """Bytes on the wire that are not a valid frame: bad magic, version, kind, checksum or size.
+
+    ``frames`` holds the valid frames that arrived in the same chunk *before* the bad one: they
+    are genuine (each passed its checksum) and a receiver should act on them before closing
+    the stream, so a good reply is never lost because garbage followed it.
+    """
+
+    def __init__(self, message: str, frames: list[Frame] | None = None) -> None:
+        super().__init__(message)
+        self.frames: list[Frame] = frames or []
 
 
 class Frame(NamedTuple):
@@ -96,23 +106,33 @@ class Frame(NamedTuple):
 
 def encode_frame(kind: int, call_id: int, payload: bytes = b"", codec: int = Codec.JSON) -> bytes:
     """Return one complete frame (header + payload) as bytes."""
+    if codec not in _CODECS:
+        raise ValueError(f"unknown payload codec {codec!r}")
     prefix = _PREFIX.pack(MAGIC, PROTOCOL_VERSION, kind, codec & _CODEC_MASK, call_id, len(payload))
     checksum = zlib.crc32(payload, zlib.crc32(prefix))
     return prefix + checksum.to_bytes(4, "big") + payload
 
 
 def encode_payload(obj: Any, codec: int) -> bytes:
-    """Encode a payload; raises whatever the codec raises (the caller classifies it)."""
+    """Encode a payload; raises whatever the codec raises (the caller classifies it).
+
+    JSON refuses NaN and infinities (``allow_nan=False``): they are not JSON (RFC 8259) and a
+    worker in another language could not parse them.
+    """
     if codec == Codec.PICKLE:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if codec == Codec.JSON:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    raise ValueError(f"unknown payload codec {codec!r}")
 
 
 def decode_payload(data: bytes, codec: int) -> Any:
     """Decode a payload; raises whatever the codec raises (the caller classifies it)."""
     if codec == Codec.PICKLE:
         return pickle.loads(data)
-    return json.loads(data)
+    if codec == Codec.JSON:
+        return json.loads(data)
+    raise ValueError(f"unknown payload codec {codec!r}")
 
 
 class FrameDecoder:
@@ -142,6 +162,14 @@ class FrameDecoder:
         buf = self._buf
         buf += data
         frames: list[Frame] = []
+        try:
+            self._parse(buf, frames)
+        except ProtocolViolation as exc:
+            exc.frames = frames
+            raise
+        return frames
+
+    def _parse(self, buf: bytearray, frames: list[Frame]) -> None:
         offset = 0
         end = len(buf)
         unpack = HEADER.unpack_from
@@ -177,4 +205,3 @@ class FrameDecoder:
             offset = stop
         if offset:
             del buf[:offset]
-        return frames

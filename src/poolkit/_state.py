@@ -40,8 +40,8 @@ class WorkerState(enum.Enum):
     BUSY = "busy"  # one or more calls in flight, can take more up to the pipeline depth
     DRAINING = "draining"  # finishing in-flight calls, takes no new ones
     STOPPING = "stopping"  # asked or forced to exit, waiting for the exit
-    STOPPED = "stopped"  # exited because we asked it to (terminal)
-    FAILED = "failed"  # exited or was killed for a fault (terminal)
+    STOPPED = "stopped"  # exited after the pool asked it to stop or killed it (terminal)
+    FAILED = "failed"  # exited without being asked: crash, startup failure (terminal)
 
     @property
     def accepts_calls(self) -> bool:
@@ -65,7 +65,7 @@ class WorkerEvent(enum.Enum):
     SPAWNED = "spawned"  # the OS process exists
     SPAWN_FAILED = "spawn_failed"  # the OS refused to start it
     HANDSHAKE = "handshake"  # READY frame received
-    STARTUP_FAILED = "startup_failed"  # STARTUP_FAILED frame, bad handshake, or startup timeout
+    STARTUP_FAILED = "startup_failed"  # the worker reported STARTUP_FAILED and has exited
     DISPATCH = "dispatch"  # a call was sent
     IDLE = "idle"  # the last in-flight call ended
     DRAIN = "drain"  # stop taking calls, finish the in-flight ones

@@ -338,6 +338,8 @@ class Worker:
             try:
                 frames = feed(data)
             except proto.ProtocolViolation as exc:
+                for frame in exc.frames:  # genuine replies that preceded the garbage
+                    on_frame(frame)
                 self._protocol_fault(str(exc))
                 return
             for frame in frames:

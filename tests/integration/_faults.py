@@ -87,7 +87,12 @@ class ErrorAtUnpickle(_AtUnpickle):
     fault = "raise"
 
 
-AT_PICKLE = {"crash": CrashAtPickle, "os_exit": ExitAtPickle, "sys_exit": SysExitAtPickle, "raise": ErrorAtPickle}
+AT_PICKLE = {
+    "crash": CrashAtPickle,
+    "os_exit": ExitAtPickle,
+    "sys_exit": SysExitAtPickle,
+    "raise": ErrorAtPickle,
+}
 AT_UNPICKLE = {
     "crash": CrashAtUnpickle,
     "os_exit": ExitAtUnpickle,

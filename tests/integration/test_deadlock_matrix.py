@@ -35,7 +35,9 @@ async def _assert_pool_recovers(pool: Pool) -> None:
     )
 
 
-def _expect_crash(err: BaseException, *, signal_number: int | None = None, exit_code: int | None = None) -> None:
+def _expect_crash(
+    err: BaseException, *, signal_number: int | None = None, exit_code: int | None = None
+) -> None:
     assert isinstance(err, WorkerCrashed), repr(err)
     assert err.phase is Phase.RUNNING
     assert err.worker_id is not None and err.pid is not None
@@ -63,7 +65,9 @@ async def _call_expecting_error(pool: Pool, target: Any, *args: Any) -> BaseExce
         ),
         pytest.param(
             "raise",
-            lambda e: isinstance(e, SerializationError) and e.side == "worker" and "UnpicklingError" in str(e),
+            lambda e: (
+                isinstance(e, SerializationError) and e.side == "worker" and "UnpicklingError" in str(e)
+            ),
             id="raise",
         ),
     ],
@@ -91,10 +95,12 @@ async def test_fault_while_unpickling_the_call_in_the_worker(fault: str, check: 
         ),
         pytest.param(
             "raise",
-            lambda e: isinstance(e, RemoteError)
-            and e.remote_type == "builtins.RuntimeError"
-            and "error raised on purpose" in e.remote_traceback
-            and e.phase is Phase.RUNNING,
+            lambda e: (
+                isinstance(e, RemoteError)
+                and e.remote_type == "builtins.RuntimeError"
+                and "error raised on purpose" in e.remote_traceback
+                and e.phase is Phase.RUNNING
+            ),
             id="raise",
         ),
     ],

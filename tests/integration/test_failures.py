@@ -73,7 +73,9 @@ async def test_calls_pipelined_behind_a_crash_are_rerun_elsewhere(tmp_path: Path
                 await wait_until(lambda: pool.statistics().in_flight == 1, 10, "crash call sent")
                 tg.start_soon(call, _faults.echo, "a")
                 tg.start_soon(call, _faults.echo, "b")
-                await wait_until(lambda: pool.statistics().in_flight == 3, 10, "two calls pipelined behind it")
+                await wait_until(
+                    lambda: pool.statistics().in_flight == 3, 10, "two calls pipelined behind it"
+                )
                 go.touch()
         assert sorted(map(str, outcomes)) == sorted(map(str, [WorkerCrashed, "a", "b"]))
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import anyio
 import pytest
 
 from _util import TESTS_DIR, pid_alive, scaled, wait_until_sync
