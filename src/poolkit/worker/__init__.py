@@ -1,0 +1,12 @@
+"""The poolkit worker process, started by a pool as ``python -m poolkit.worker '<json spec>'``.
+
+It speaks the framed protocol of :mod:`poolkit._protocol` over its stdin/stdout and imports
+only the standard library, so a worker starts fast and never loads the parent's dependencies.
+``Session`` is the per-session state object passed to calls as ``session=``.
+"""
+
+from __future__ import annotations
+
+from ._runtime import Session, main
+
+__all__ = ["Session", "main"]

@@ -1,0 +1,533 @@
+"""The worker runtime: what runs inside ``python -m poolkit.worker '<json spec>'``.
+
+File descriptors, and why. The parent's pipes arrive as fds 0 and 1, but user code and C
+extensions believe fds 0/1/2 are theirs: one stray ``printf`` or child process writing to
+fd 1 would land inside a frame, fail its checksum and take the worker down. So the
+protocol moves off the standard fds before any user code runs::
+
+    proto_in  = dup(0)   frames from the parent: CALL, CANCEL, PING, SHUTDOWN
+    proto_out = dup(1)   frames to the parent: READY, RESULT, ERROR, LOG, PONG, ...
+    fd 0 -> /dev/null    code that reads stdin sees EOF instead of eating frames
+    fd 1 -> fd 2         C-level and child-process stdout joins the stderr pipe, which
+                         the parent reads and tags as this worker's output
+    fd 2 unchanged       the stderr pipe
+
+``os.dup`` makes both protocol fds non-inheritable, so subprocesses started by user code
+never hold them: the parent's EOF on our output means this process is gone. Python-level
+``sys.stdout``/``sys.stderr`` become line writers that send each line as a LOG frame tagged
+with the running call. Every worker start pays for this module's imports: standard library
+only, and the heavier ``traceback`` and ``asyncio`` are imported on first need.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import importlib
+import io
+import json
+import os
+import select
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from .._protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Codec,
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    ProtocolViolation,
+    decode_payload,
+    encode_frame,
+    encode_payload,
+)
+
+__all__ = ["EXIT_OK", "EXIT_PROTOCOL_VIOLATION", "EXIT_STARTUP_FAILED", "Session", "main"]
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 3
+EXIT_PROTOCOL_VIOLATION = 4
+_READ_SIZE = 256 * 1024
+_JSON = Codec.JSON
+_CALL, _CANCEL, _PING, _SHUTDOWN = FrameKind.CALL, FrameKind.CANCEL, FrameKind.PING, FrameKind.SHUTDOWN
+
+
+class Session:
+    """Per-session state, passed as ``session=`` to calls that carry a session key: one object
+    per key for the worker's life (attributes are yours), so state persists across the calls
+    with that key that land on this worker (the pool's session routing decides which do)."""
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        self.created_at = time.time()
+
+    def __repr__(self) -> str:
+        return f"Session(key={self.key!r})"
+
+
+class _ChannelClosed(Exception):
+    """proto_out is gone: the parent closed it or died. Nobody is listening any more."""
+
+
+class _Channel:
+    """proto_out, and the one lock every frame write takes: user threads may print while the
+    main thread replies, and two interleaved ``os.write`` loops would splice frames together.
+
+    The lock is reentrant and ``busy`` marks a write in progress because the same thread can
+    re-enter mid-write (a signal handler or a ``__del__`` run by the GC that prints): a plain
+    lock would deadlock, a bare RLock would splice. Such a frame waits in ``deferred``.
+    """
+
+    __slots__ = ("busy", "call_id", "deferred", "fd", "limit", "lock")
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.lock = _thread.RLock()  # threading.RLock's C type, without importing threading
+        self.busy = False
+        self.deferred: list[bytes] = []
+        self.call_id = 0  # the call running now; LOG frames are tagged with it
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            if self.busy:
+                self.deferred.append(data)
+                return
+            self.busy = True
+            try:
+                self._write(data)
+                while self.deferred:
+                    self._write(self.deferred.pop(0))
+            except OSError as exc:
+                raise _ChannelClosed(str(exc)) from exc
+            finally:
+                self.busy = False
+
+    def _write(self, data: bytes) -> None:
+        n = os.write(self.fd, data)
+        if n < len(data):  # a pipe may take a large write piecewise
+            view = memoryview(data)[n:]
+            while view:
+                view = view[os.write(self.fd, view) :]
+
+    def send_json(self, kind: int, call_id: int, obj: dict[str, Any]) -> None:
+        data = _dumps(obj)
+        if len(data) > self.limit:  # a frame the parent would refuse: shorten the text fields
+            cut = max(16, self.limit // 32)
+            data = _dumps({k: v[:cut] if isinstance(v, str) else v for k, v in obj.items()})
+        self.send(encode_frame(kind, call_id, data, _JSON))
+
+
+def _dumps(obj: Any) -> bytes:
+    # "replace": a lone surrogate in a message or printed line must not stop the frame.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8", "replace"
+    )
+
+
+class _LineWriter(io.TextIOBase):
+    """Stands in for ``sys.stdout``/``sys.stderr``: each complete line becomes one LOG frame.
+
+    Lines, not writes: ``print`` writes text and newline separately and the parent logs lines.
+    A partial line waits for its newline or the end of the call (``flush_partial``), never
+    longer; ``flush()`` does not cut lines, so output written piecewise stays whole.
+    """
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, channel: _Channel, stream: str, fd: int) -> None:
+        super().__init__()
+        self._channel = channel
+        self._stream = stream
+        self._fd = fd
+        self._parts: list[str] = []
+        self._lock = _thread.RLock()  # reentrant, with _busy: see _Channel
+        self._busy = False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        """The real fd behind this stream (both lead to the stderr pipe): for C-level writers."""
+        return self._fd
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self._take(s, False)
+        return len(s)
+
+    def flush_partial(self) -> None:
+        """Send a pending partial line: called at the end of each call and at exit."""
+        if self._parts:  # unlocked peek: the common case, nothing pending, takes no lock
+            self._take("", True)
+
+    def _take(self, s: str, final: bool) -> None:
+        with self._lock:
+            if self._busy:  # re-entered mid-write: leave _parts alone, send non-blank lines as is
+                for line in s.splitlines():
+                    if line:
+                        self._emit(line)
+                return
+            self._busy = True
+            try:
+                self._parts.append(s)
+                if final or "\n" in s:
+                    *lines, rest = "".join(self._parts).split("\n")
+                    self._parts.clear()
+                    if rest and final:
+                        lines.append(rest)
+                    elif rest:
+                        self._parts.append(rest)
+                    for line in lines:
+                        self._emit(line)
+            finally:
+                self._busy = False
+
+    def _emit(self, line: str) -> None:
+        ch = self._channel
+        step = max(1, (ch.limit - 64) // 6)  # worst case 6 bytes per char ("\u0001"): always fits
+        try:
+            for start in range(0, max(len(line), 1), step):
+                payload = _dumps({"stream": self._stream, "line": line[start : start + step]})
+                ch.send(encode_frame(FrameKind.LOG, ch.call_id, payload, _JSON))
+        except _ChannelClosed:
+            pass  # the parent is gone; the main loop finds out on its next read or reply
+
+
+def _load(ref: str) -> Any:
+    """Import ``pkg.mod:attr.sub`` and return the attribute."""
+    module_name, sep, path = ref.partition(":")
+    if not sep or not module_name or not path:
+        raise ValueError(f"expected 'package.module:attribute', got {ref!r}")
+    obj: Any = importlib.import_module(module_name)
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    """The JSON body of ERROR and STARTUP_FAILED: qualified type, message, traceback."""
+    import traceback  # ~5 ms of imports that a worker whose calls never fail never pays
+
+    tp = type(exc)
+    try:
+        message = str(exc)
+    except BaseException:  # a broken (or hostile) __str__ must not lose the report
+        message = f"<unprintable {tp.__qualname__} object>"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the runtime's own frames are noise in the user's traceback
+    try:
+        text = "".join(traceback.format_exception(tp, exc, tb))
+    except BaseException:
+        text = ""
+    return {"type": f"{tp.__module__}.{tp.__qualname__}", "message": message, "traceback": text}
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class _Worker:
+    """Startup, the frame loop and the calls. Single-threaded: calls run one at a time, in order."""
+
+    def __init__(self, spec: dict[str, Any], proto_in: int, channel: _Channel) -> None:
+        self.spec = spec
+        self.proto_in = proto_in
+        self.channel = channel
+        self.writers: list[_LineWriter] = []
+        self.handler: Any = None
+        self.sessions: dict[Any, Session] = {}
+        self.targets: dict[str, Any] = {}
+        self.runner: Any = None  # asyncio.Runner, created on the first awaitable result
+        self.pending: deque[Frame] = deque()
+        self.pending_ids: set[int] = set()
+        self.cancelled: set[int] = set()
+        self.shutting_down = False
+
+    def start(self) -> None:
+        _adopt_parent_main(self.spec)
+        for name in self.spec["preload"]:
+            importlib.import_module(name)
+        if self.spec["handler"] is not None:
+            self.handler = _load(self.spec["handler"])()
+            setup = getattr(self.handler, "setup", None)
+            if setup is not None:
+                setup()
+
+    def serve(self) -> int:
+        """Run until SHUTDOWN (after the calls already sent) or EOF. Returns the exit code.
+
+        Calls run in arrival order; before each one, input that has already arrived is read
+        without blocking, so a CANCEL for a call still waiting here is honoured and a PING
+        answered between calls. ``fresh`` skips that check when the last read emptied the pipe.
+        """
+        decoder = FrameDecoder(self.spec["max_frame_size"])
+        fd, pending, cancelled = self.proto_in, self.pending, self.cancelled
+        fresh = False
+        while True:
+            if pending:
+                if not fresh and select.select([fd], [], [], 0)[0]:
+                    data = os.read(fd, _READ_SIZE)
+                    if not data:
+                        return EXIT_OK
+                    self.dispatch(decoder.feed(data))
+                fresh = False
+                if not pending:
+                    continue
+                frame = pending.popleft()
+                self.pending_ids.discard(frame.call_id)
+                if cancelled and frame.call_id in cancelled:
+                    # Answered here, in its place: the parent gets answers in CALL order.
+                    cancelled.discard(frame.call_id)
+                    self.channel.send(encode_frame(FrameKind.CANCELLED, frame.call_id))
+                    continue
+                self.run(frame)
+            elif self.shutting_down:
+                return EXIT_OK
+            else:
+                data = os.read(fd, _READ_SIZE)
+                if not data:
+                    return EXIT_OK
+                fresh = len(data) < _READ_SIZE
+                self.dispatch(decoder.feed(data))
+
+    def dispatch(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            kind, call_id = frame.kind, frame.call_id
+            if kind is _CALL:
+                self.pending.append(frame)
+                self.pending_ids.add(call_id)
+            elif kind is _PING:
+                self.channel.send(encode_frame(FrameKind.PONG, call_id))
+            elif kind is _CANCEL:
+                # Only a call still waiting here can be skipped; one that ran or is running
+                # is past cancelling, and its RESULT/ERROR tells the parent so.
+                if call_id in self.pending_ids:
+                    self.cancelled.add(call_id)
+            elif kind is _SHUTDOWN:
+                self.shutting_down = True
+            else:
+                raise ProtocolViolation(f"frame kind {kind.name} is not sent by a parent")
+
+    def run(self, frame: Frame) -> None:
+        """Decode, resolve, run and encode one call; every failure becomes an ERROR frame."""
+        call_id, codec, ch = frame.call_id, frame.codec, self.channel
+        phase = "decoding"
+        try:
+            if codec is not _JSON and self.spec["codec"] == "json":
+                raise ValueError("this worker is configured for the json codec; it refuses pickle")
+            call = decode_payload(frame.payload, codec)
+            if type(call) not in (list, tuple) or len(call) not in (3, 4):
+                raise TypeError("a CALL payload is [target, args, kwargs] or [..., session_key]")
+            target, args, kwargs = call[0], call[1], call[2]
+            if type(args) not in (list, tuple) or type(kwargs) is not dict:
+                raise TypeError("CALL args must be a list and kwargs a dict")
+            if len(call) == 4 and call[3] is not None:
+                kwargs["session"] = self.session(call[3])
+            phase = "resolving"
+            fn = self.resolve(target) if isinstance(target, str) else target
+            if not callable(fn):
+                raise TypeError(f"call target {target!r} is not callable")
+            phase = "running"
+            ch.call_id = call_id
+            try:
+                result = fn(*args, **kwargs)
+                if getattr(type(result), "__await__", None) is not None:
+                    result = self.wait(result)
+            finally:
+                for writer in self.writers:
+                    writer.flush_partial()
+                ch.call_id = 0
+            phase = "encoding"
+            data = encode_payload(result, codec)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a call cannot end the worker
+            ch.send_json(FrameKind.ERROR, call_id, {**_describe(exc), "phase": phase})
+            return
+        if len(data) > ch.limit:
+            message = f"result of {len(data)} bytes exceeds max_frame_size={ch.limit} bytes"
+            body = {"type": "poolkit.PayloadTooLarge", "message": message, "traceback": "", "phase": phase}
+            ch.send_json(FrameKind.ERROR, call_id, {**body, "size": len(data), "limit": ch.limit})
+            return
+        ch.send(encode_frame(FrameKind.RESULT, call_id, data, codec))
+
+    def resolve(self, target: str) -> Any:
+        """``"pkg.mod:attr.sub"`` imports; a bare ``"name"`` is a handler method. Cached."""
+        fn = self.targets.get(target)
+        if fn is None:
+            if ":" in target:
+                fn = _load(target)
+            elif self.handler is None:
+                raise LookupError(f"call target {target!r} names a handler method, but no handler is set")
+            else:
+                fn = self.handler
+                for name in target.split("."):
+                    fn = getattr(fn, name)
+            self.targets[target] = fn
+        return fn
+
+    def session(self, key: Any) -> Session:
+        session = self.sessions.get(key)
+        if session is None:
+            session = self.sessions[key] = Session(key)
+        return session
+
+    def wait(self, awaitable: Any) -> Any:
+        """Run an awaitable result to completion on the worker's one event loop.
+
+        One loop for the worker's life (``asyncio.Runner``) rather than ``asyncio.run`` per
+        call: a client or connection an async handler caches between calls stays bound to a
+        loop that still exists.
+        """
+        if self.runner is None:
+            import asyncio
+
+            self.runner = asyncio.Runner()
+        return self.runner.run(_await(awaitable))
+
+    def close(self) -> None:
+        """Best-effort end: handler ``teardown()``, the event loop, partial output lines."""
+        teardown = getattr(self.handler, "teardown", None)
+        if teardown is not None:
+            try:
+                teardown()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # reported as output: the calls already succeeded
+                sys.stderr.write(_describe(exc)["traceback"] or f"teardown failed: {exc!r}\n")
+        if self.runner is not None:
+            with contextlib.suppress(Exception):
+                self.runner.close()
+        for writer in self.writers:
+            writer.flush_partial()
+
+
+def _adopt_parent_main(spec: dict[str, Any]) -> None:
+    """Let pickled references to the parent's ``__main__`` resolve here, as multiprocessing's
+    spawn does: functions defined in the user's script are pickled as ``__main__.name``.
+
+    Lazily: ``sys.modules["__main__"]`` becomes a stand-in that loads the parent's script (by
+    path, or by module name for ``python -m``) under the name ``__mp_main__`` -- so its
+    ``if __name__ == "__main__":`` block does not run -- on the first attribute lookup. A
+    worker whose calls never reference ``__main__`` never pays for importing the script.
+    """
+    path, name, path0 = spec.get("main_path"), spec.get("main_module"), spec.get("sys_path0")
+    if isinstance(path0, str) and path0 not in sys.path:
+        sys.path.insert(0, path0)
+    if not isinstance(path, str) and not isinstance(name, str):
+        return
+    import types
+
+    class _ParentMain(types.ModuleType):
+        def __getattr__(self, attr: str) -> Any:
+            import importlib.util
+
+            if isinstance(path, str):
+                found = importlib.util.spec_from_file_location("__mp_main__", path)
+            else:
+                found = importlib.util.find_spec(str(name))
+            if found is None or found.loader is None:
+                raise AttributeError(f"cannot load the parent's main module ({path or name}) for {attr!r}")
+            module = importlib.util.module_from_spec(found)
+            module.__name__ = "__mp_main__"
+            sys.modules["__mp_main__"] = sys.modules["__main__"] = module
+            found.loader.exec_module(module)
+            return getattr(module, attr)
+
+    sys.modules["__main__"] = _ParentMain("__main__")
+
+
+def _parse_spec(argv: list[str]) -> dict[str, Any]:
+    """The JSON spec argument over the defaults; unknown members are ignored (docs/protocol.md)."""
+    spec: dict[str, Any] = {"worker_id": "w?", "handler": None, "preload": [], "codec": "pickle"}
+    spec.update(parent_pid=None, max_frame_size=DEFAULT_MAX_FRAME_SIZE)
+    given = json.loads(argv[0]) if argv else {}
+    if not isinstance(given, dict):
+        raise TypeError(f"the worker spec must be a JSON object, got {type(given).__name__}")
+    spec.update((k, v) for k, v in given.items() if v is not None)  # null: the default
+    limit, ppid = spec["max_frame_size"], spec["parent_pid"]
+    if spec["codec"] not in ("pickle", "json") or type(limit) is not int or limit < 1:
+        raise ValueError(f"bad codec or max_frame_size in the worker spec: {given!r}")
+    if ppid is not None and type(ppid) is not int:
+        raise TypeError(f"parent_pid must be an int or null, got {ppid!r}")
+    return spec
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Make the kernel SIGKILL us when the parent dies; exit now if it already has.
+
+    PR_SET_PDEATHSIG covers a parent that dies later; the getppid() check covers one that
+    died before the prctl (we would have been reparented already, and no signal comes).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+        except Exception:
+            pass  # best effort: EOF on proto_in still ends us when the parent goes
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(EXIT_OK)
+
+
+def _isolate_fds() -> tuple[int, int]:
+    """Move the protocol to private fds; see the module docstring for the layout."""
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return proto_in, proto_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a worker; returns the exit code: 0 done, 3 startup failed, 4 protocol violation."""
+    spec_error: Exception | None = None
+    try:
+        spec = _parse_spec(sys.argv[1:] if argv is None else argv)
+    except Exception as exc:  # reported as a startup failure once the channel exists
+        spec, spec_error = _parse_spec([]), exc
+    _die_with_parent(spec["parent_pid"])
+    proto_in, proto_out = _isolate_fds()
+    channel = _Channel(proto_out, spec["max_frame_size"])
+    worker = _Worker(spec, proto_in, channel)
+    # sys.stdin keeps its object, now reading /dev/null (fd 0): it is empty, as promised.
+    sys.stdout = out = _LineWriter(channel, "stdout", 1)
+    sys.stderr = err = _LineWriter(channel, "stderr", 2)
+    worker.writers = [out, err]
+    try:
+        if spec_error is not None:
+            raise spec_error
+        worker.start()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        out.flush_partial()
+        err.flush_partial()
+        try:
+            channel.send_json(FrameKind.STARTUP_FAILED, 0, _describe(exc))
+        except _ChannelClosed:
+            pass
+        return EXIT_STARTUP_FAILED
+    ready = {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "worker_id": spec["worker_id"]}
+    ready.update(runtime="python", python="{}.{}.{}".format(*sys.version_info[:3]))
+    ready.update(handler=spec["handler"], codec=spec["codec"])
+    try:
+        channel.send_json(FrameKind.READY, 0, ready)
+        code = worker.serve()
+    except ProtocolViolation as exc:
+        os.write(2, f"poolkit worker {spec['worker_id']}: protocol violation: {exc}\n".encode())
+        return EXIT_PROTOCOL_VIOLATION
+    except _ChannelClosed:
+        code = EXIT_OK  # the parent stopped reading: the same as EOF
+    worker.close()
+    return code
