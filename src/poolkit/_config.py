@@ -39,6 +39,9 @@ class WorkerSpec(BaseModel):
       in the same JSON spec argument and it may ignore them.
     * ``codec``: payload encoding of calls and results: "pickle" (any picklable Python value,
       targets may be callables) or "json" (language-neutral; targets must be strings).
+    * ``import_main``: functions defined in your script pickle as ``__main__.name``; with this
+      on (the default) a worker loads your script, under the name ``__mp_main__`` so its
+      ``if __name__ == "__main__":`` block does not run, the first time it needs one.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,6 +53,10 @@ class WorkerSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     codec: Literal["pickle", "json"] = "pickle"
+    import_main: bool = Field(
+        default=True,
+        description="let workers resolve callables defined in the parent's __main__ (as spawn does)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSpec:

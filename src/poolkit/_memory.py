@@ -204,11 +204,13 @@ class _FakeWorker:
             except proto.ProtocolViolation:
                 return 4
             pending.extend(frames)
+            pending.extend(self._drain(decoder))
             # Everything that arrived together is seen before any call starts, so a CANCEL
             # behind a CALL skips it, as the real runtime's non-blocking drain does.
             while pending:
                 frame = pending.pop(0)
                 if frame.kind is proto.FrameKind.CALL:
+                    pending.extend(self._drain(decoder))  # CANCELs sent while the last call ran
                     cancelled = any(
                         f.kind is proto.FrameKind.CANCEL and f.call_id == frame.call_id for f in pending
                     )
@@ -235,13 +237,26 @@ class _FakeWorker:
                 else:
                     return 4
 
+    def _drain(self, decoder: proto.FrameDecoder) -> list[proto.Frame]:
+        """Frames already sent to us, without waiting (the real runtime's select(..., 0))."""
+        frames: list[proto.Frame] = []
+        while True:
+            try:
+                frames.extend(decoder.feed(self.conn.to_worker_rx.receive_nowait()))
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return frames
+
     async def _call(self, frame: proto.Frame) -> None:
         codec = frame.codec
         try:
             target, args, kwargs = proto.decode_payload(frame.payload, codec)[:3]
-            fn = self._target(target)
         except Exception as exc:
             self._error(frame.call_id, exc, "decoding")
+            return
+        try:
+            fn = self._target(target)
+        except Exception as exc:
+            self._error(frame.call_id, exc, "resolving")
             return
         try:
             result = fn(*args, **kwargs)
@@ -258,6 +273,21 @@ class _FakeWorker:
             payload = proto.encode_payload(result, codec)
         except Exception as exc:
             self._error(frame.call_id, exc, "encoding")
+            return
+        limit = int(self.spec.get("max_frame_size", proto.DEFAULT_MAX_FRAME_SIZE))
+        if len(payload) > limit:
+            self._send_json(
+                proto.FrameKind.ERROR,
+                frame.call_id,
+                {
+                    "type": "poolkit.PayloadTooLarge",
+                    "message": f"result of {len(payload)} bytes exceeds max_frame_size={limit} bytes",
+                    "traceback": "",
+                    "phase": "encoding",
+                    "size": len(payload),
+                    "limit": limit,
+                },
+            )
             return
         self._send(proto.FrameKind.RESULT, frame.call_id, payload, codec)
 

@@ -211,7 +211,14 @@ class Pool:
             await self._wait_for(lambda: not self._workers)
         for worker in list(self._workers.values()):
             worker.kill("did not exit after shutdown")
-        await self._wait_for(lambda: not self._workers)
+            if worker.state is WorkerState.SPAWNING:
+                worker.abort()
+        # SIGKILL cannot be ignored; the bound only guards against a launch that ignores
+        # cancellation, so that closing can never hang.
+        with anyio.move_on_after(self.config.kill_grace + 10):
+            await self._wait_for(lambda: not self._workers)
+        if self._workers:
+            self._log.error("workers still unaccounted for after close", workers=list(self._workers))
 
     # ---- calls -------------------------------------------------------------------------------
     async def call(
@@ -448,17 +455,19 @@ class Pool:
     ) -> None:
         self._sched.remove(worker)
         self._workers.pop(worker.id, None)
-        if startup_error is not None:
+        if startup_error is not None and not self._hard_closing:
             self._startup_failures += 1
             self._consecutive_startup_failures += 1
-            self._log.warning(
+            self._log.info(
                 "worker failed to start", worker_id=worker.id, error=str(startup_error).splitlines()[0]
             )
             if self._consecutive_startup_failures >= self.config.max_startup_failures:
                 self._break(PoolFailed(self.name, self._consecutive_startup_failures, startup_error))
         elif worker.state is WorkerState.FAILED and not self._hard_closing:
             self._worker_crashes += 1
-            self._log.warning(
+            # INFO, not WARNING: the caller of the running call already has a typed error,
+            # and a library must not print on its users' stderr by default.
+            self._log.info(
                 "worker exited unexpectedly",
                 worker_id=worker.id,
                 pid=worker.pid,

@@ -19,6 +19,8 @@ import collections
 import itertools
 import json
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -101,6 +103,7 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self._fault: Callable[[Call], PoolError] | None = None  # how to fail the running call
         self._kill_requested = False
+        self._scope = anyio.CancelScope()  # cancelled only by abort(): a launch that never returns
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         self._log = get_logger("poolkit.worker", worker_id=self.id)
 
@@ -182,10 +185,21 @@ class Worker:
 
     def shutdown(self) -> None:
         """Ask the worker to finish what it was sent and exit cleanly."""
+        if self.fsm.state is WorkerState.SPAWNING:
+            # No process yet and no calls: the supervisor stops it as soon as it exists.
+            self._kill_requested = True
+            return
         if self.fsm.can(WorkerEvent.STOP):
             self.fsm.fire(WorkerEvent.STOP, "shutdown")
             if self._conn is not None:
                 self._send(proto.FrameKind.SHUTDOWN, 0)
+
+    def abort(self) -> None:
+        """Last resort at pool close: cancel the supervising task (a launch that never returned).
+
+        Its cleanup still runs (shielded): a process, if one exists, is killed and reaped.
+        """
+        self._scope.cancel()
 
     def _send(self, kind: proto.FrameKind, call_id: int) -> None:
         try:
@@ -197,6 +211,10 @@ class Worker:
     async def run(self) -> None:
         """Spawn, handshake, serve until the process ends, then report. Never raises
         (except cancellation), because a failure here must not take the pool down."""
+        with self._scope:
+            await self._run()
+
+    async def _run(self) -> None:
         startup_error: WorkerStartupError | None = None
         try:
             try:
@@ -242,8 +260,6 @@ class Worker:
         return tg  # type: ignore[no-any-return]
 
     def _spec(self) -> dict[str, Any]:
-        import os
-
         spec = self._config.worker
         return {
             "worker_id": self.id,
@@ -252,6 +268,7 @@ class Worker:
             "codec": spec.codec,
             "parent_pid": os.getpid(),
             "max_frame_size": self._max_frame,
+            **(_parent_main() if spec.import_main else {}),
         }
 
     async def _handshake(self, decoder: proto.FrameDecoder) -> WorkerStartupError | None:
@@ -287,8 +304,9 @@ class Worker:
                                 reason=f"worker speaks protocol {self.handshake.get('protocol')!r}, "
                                 f"pool speaks {proto.PROTOCOL_VERSION}",
                             )
-                        self.fsm.fire(WorkerEvent.HANDSHAKE)
-                        self._owner.worker_ready(self)
+                        if self.fsm.can(WorkerEvent.HANDSHAKE):  # not if the pool stopped it meanwhile
+                            self.fsm.fire(WorkerEvent.HANDSHAKE)
+                            self._owner.worker_ready(self)
                         for rest in frames[i + 1 :]:
                             self._on_frame(rest)
                         return None
@@ -539,3 +557,18 @@ class Worker:
                 call.worker = None
                 requeue.append(call)
         self._owner.worker_exited(self, requeue, startup_error)
+
+
+def _parent_main() -> dict[str, Any]:
+    """Where the worker finds this process's ``__main__`` (see the runtime's
+    ``_adopt_parent_main``): the script's path, or its module name under ``python -m``."""
+    main = sys.modules.get("__main__")
+    info: dict[str, Any] = {"sys_path0": sys.path[0] if sys.path and sys.path[0] else None}
+    module_spec = getattr(main, "__spec__", None)
+    if module_spec is not None and module_spec.name not in ("__main__", "__mp_main__"):
+        info["main_module"] = module_spec.name
+    else:
+        path = getattr(main, "__file__", None)
+        if isinstance(path, str) and path.endswith(".py") and os.path.exists(path):
+            info["main_path"] = os.path.abspath(path)
+    return info
