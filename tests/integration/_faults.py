@@ -164,3 +164,30 @@ def kill_self_when(path: str) -> None:
     while not os.path.exists(path):
         time.sleep(0.002)
     kill_self()
+
+
+def wait_for_file(path: str) -> str:
+    """Block until ``path`` exists (the test's go signal)."""
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.002)
+    return path
+
+
+class Tally:
+    """A handler class: setup() runs once per worker; methods are call targets by name."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._setup_calls = 0
+
+    def setup(self) -> None:
+        self._setup_calls += 1
+
+    def add(self, n: int) -> int:
+        self.total += n
+        return self.total
+
+    def setup_calls(self) -> int:
+        return self._setup_calls

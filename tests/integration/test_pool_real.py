@@ -1,0 +1,63 @@
+"""The pool's everyday behaviour against real worker processes: the sync facade, scaling from
+min_workers to max_workers under load, handler targets, and statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from _util import pid_alive, scaled, wait_until
+from integration import _faults
+from poolkit import Pool, PoolConfig, SyncPool, WorkerSpec, WorkerState
+
+
+@pytest.mark.integration
+@pytest.mark.xdist_group("processes")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sync_pool_calls_and_maps_from_plain_code(backend: str) -> None:
+    """SyncPool serves blocking callers (call and map in order) from a private event loop
+    and leaves no worker behind when its block ends."""
+    with SyncPool(PoolConfig(min_workers=2), backend=backend) as pool:
+        assert pool.call(_faults.echo, "hi") == "hi"
+        assert list(pool.map(pow, [2, 3, 4], [5, 2, 1])) == [32, 9, 4]
+        pids = [w.pid for w in pool.statistics().workers]
+        assert "running" in repr(pool)
+    assert pids and not any(p is not None and pid_alive(p) for p in pids)
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+@pytest.mark.xdist_group("processes")
+async def test_pool_grows_to_max_workers_when_calls_queue(tmp_path: Path) -> None:
+    """With min_workers=1 and max_workers=2, calls waiting in the queue make the pool start a
+    second worker, which serves them; the pool never exceeds max_workers."""
+    async with Pool(min_workers=1, max_workers=2, pipeline_depth=1) as pool:
+        assert len(pool.statistics().workers) == 1
+        go = tmp_path / "go"
+        with anyio.fail_after(scaled(30)):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(pool.call, _faults.wait_for_file, str(go))
+                await wait_until(
+                    lambda: pool.statistics().workers_in(WorkerState.BUSY) == 2,
+                    20,
+                    f"second worker busy: {pool!r}",
+                )
+                assert len(pool.statistics().workers) == 2
+                go.touch()
+        assert pool.statistics().completed == 4
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+@pytest.mark.xdist_group("processes")
+async def test_handler_class_targets_with_setup_and_session_state() -> None:
+    """A 'pkg.mod:Class' handler is built once per worker (setup ran) and calls by method name
+    reach it; the handler state persists across calls on the same worker."""
+    spec = WorkerSpec(handler="integration._faults:Tally")
+    async with Pool(min_workers=1, worker=spec) as pool:
+        assert await pool.call("add", 2) == 2
+        assert await pool.call("add", 3) == 5
+        assert await pool.call("setup_calls") == 1
