@@ -4,6 +4,7 @@ min_workers to max_workers under load, handler targets, and statistics."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import pytest
@@ -16,7 +17,7 @@ from poolkit import Pool, PoolConfig, SyncPool, WorkerSpec, WorkerState
 @pytest.mark.integration
 @pytest.mark.xdist_group("processes")
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_sync_pool_calls_and_maps_from_plain_code(backend: str) -> None:
+def test_sync_pool_calls_and_maps_from_plain_code(backend: Literal["asyncio", "trio"]) -> None:
     """SyncPool serves blocking callers (call and map in order) from a private event loop
     and leaves no worker behind when its block ends."""
     with SyncPool(PoolConfig(min_workers=2), backend=backend) as pool:
