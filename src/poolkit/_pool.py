@@ -419,7 +419,8 @@ class Pool:
             await self._changed.wait()
 
     def _maybe_scale_up(self) -> None:
-        if self._fsm.state is not PoolState.RUNNING:
+        # Runs on every dispatch that leaves calls queued: the cheap checks come first.
+        if len(self._workers) >= self.config.worker_limit or self._fsm.state is not PoolState.RUNNING:
             return
         starting = sum(
             1 for w in self._workers.values() if w.state in (WorkerState.SPAWNING, WorkerState.STARTING)
