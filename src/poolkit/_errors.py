@@ -123,7 +123,7 @@ class WorkerStartupError(PoolError):
         self.stderr_tail = stderr_tail
         parts = [f"worker {worker_id} (pid {pid}) failed to start: {reason}"]
         if exit_code is not None:
-            parts.append(f"exit {_describe_exit(exit_code)}")
+            parts.append(_describe_exit(exit_code))
         msg = "; ".join(parts)
         if remote_traceback:
             msg += "\n\nTraceback in the worker:\n" + remote_traceback.rstrip()

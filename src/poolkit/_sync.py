@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -64,8 +64,11 @@ class SyncPool:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.__exit__(exc_type, exc, tb)
+        try:
+            if stack is not None:
+                stack.__exit__(exc_type, exc, tb)
+        finally:
+            self._portal = None
 
     def _require_portal(self) -> BlockingPortal:
         if self._portal is None or self._stack is None:
@@ -87,7 +90,7 @@ class SyncPool:
         *iterables: Iterable[Any],
         concurrency: int | None = None,
         timeout: float | None = None,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """Blocking :meth:`Pool.map`: a generator of results in input order."""
         portal = self._require_portal()
         results = self._pool.map(target, *iterables, concurrency=concurrency, timeout=timeout)

@@ -136,12 +136,12 @@ class Worker:
     # ---- what the pool asks (all synchronous) ------------------------------------------
     def submit(self, call: Call) -> None:
         """Send ``call`` to this worker. The pool checked :attr:`has_room` first."""
+        self.fsm.fire(WorkerEvent.DISPATCH)  # first: an illegal dispatch must not strand the call
         call_id = self._next_id()
         call.call_id = call_id
         call.worker = self
         call.status = CallStatus.SENT
         self._inflight[call_id] = call
-        self.fsm.fire(WorkerEvent.DISPATCH)
         self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec))
 
     def cancel(self, call: Call) -> None:
@@ -172,6 +172,7 @@ class Worker:
             self._fault = fault
         if self.fsm.can(WorkerEvent.KILL):
             self.fsm.fire(WorkerEvent.KILL, reason)
+            self._owner.worker_capacity(self)  # out of the scheduler's rotation at once
         self._log.debug("killing worker", reason=reason, pid=self.pid)
         if self._conn is not None:
             self._conn.terminate()
@@ -251,6 +252,7 @@ class Worker:
             detail = f"supervisor error: {exc!r}"
             self._fault = self._fault or (lambda call: self._crash_error(call, detail=detail))
         finally:
+            self._tg = None  # closed: kill() must not start tasks in it any more
             with anyio.CancelScope(shield=True):
                 await self._finish(startup_error)
 
