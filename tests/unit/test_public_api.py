@@ -1,0 +1,87 @@
+"""The public API: poolkit.__all__ is complete, sorted, and every name resolves."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+import poolkit
+from _util import TESTS_DIR
+
+EXPECTED = {
+    "CallError",
+    "CallTimeout",
+    "FailureKind",
+    "IllegalTransition",
+    "PayloadTooLarge",
+    "Phase",
+    "Pool",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolError",
+    "PoolFailed",
+    "PoolState",
+    "PoolStatistics",
+    "ProtocolError",
+    "QueueFull",
+    "RemoteError",
+    "SerializationError",
+    "SyncPool",
+    "WorkerCrashed",
+    "WorkerInfo",
+    "WorkerSpec",
+    "WorkerStartupError",
+    "WorkerState",
+    "__version__",
+}
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ lists exactly the expected public names, sorted, without duplicates."""
+    assert poolkit.__all__ == sorted(poolkit.__all__)
+    assert len(poolkit.__all__) == len(set(poolkit.__all__))
+    assert set(poolkit.__all__) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_public_name_resolves(name: str) -> None:
+    """Each name in __all__ is an attribute of poolkit (lazily imported) and is not None."""
+    assert getattr(poolkit, name) is not None
+
+
+def test_public_names_are_the_private_modules_objects() -> None:
+    """The lazy re-exports are the very objects of the modules defining them."""
+    from poolkit._errors import PoolError
+    from poolkit._pool import Pool
+
+    assert poolkit.Pool is Pool
+    assert poolkit.PoolError is PoolError
+    assert issubclass(poolkit.CallTimeout, poolkit.CallError)
+    assert issubclass(poolkit.CallTimeout, TimeoutError)
+    assert issubclass(poolkit.PoolClosed, poolkit.PoolError)
+
+
+def test_dir_lists_the_public_names() -> None:
+    """dir(poolkit) shows every public name."""
+    assert set(poolkit.__all__) <= set(dir(poolkit))
+
+
+def test_unknown_attribute_raises_attribute_error() -> None:
+    """A name that is not exported raises AttributeError naming it."""
+    with pytest.raises(AttributeError, match="no_such_name"):
+        poolkit.no_such_name  # noqa: B018
+
+
+def test_star_import_gives_the_public_names() -> None:
+    """``from poolkit import *`` binds exactly __all__."""
+    namespace: dict[str, object] = {}
+    exec("from poolkit import *", namespace)
+    assert set(namespace) - {"__builtins__"} == EXPECTED
+
+
+def test_version_matches_pyproject() -> None:
+    """__version__ is the version declared in pyproject.toml."""
+    with open(TESTS_DIR.parent / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert poolkit.__version__ == project["version"]

@@ -1,0 +1,97 @@
+"""The pure Scheduler: least-loaded choice, round robin among equals, updates and the depth bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from poolkit._scheduler import Scheduler
+
+
+def test_empty_scheduler_picks_nothing() -> None:
+    """With no worker recorded there is nothing to pick."""
+    sched: Scheduler[str] = Scheduler(2)
+    assert sched.pick() is None
+    assert len(sched) == 0
+    assert sched.depth == 2
+
+
+def test_depth_must_be_positive() -> None:
+    """A depth below 1 is refused."""
+    with pytest.raises(ValueError, match="depth"):
+        Scheduler[str](0)
+
+
+def test_picks_the_least_loaded_worker() -> None:
+    """pick() returns the available worker with the fewest calls in flight."""
+    sched: Scheduler[str] = Scheduler(4)
+    sched.update("busy", 3)
+    sched.update("half", 2)
+    sched.update("light", 1)
+    assert sched.pick() == "light"
+    sched.update("light", 3)
+    assert sched.pick() == "half"
+    sched.update("idle", 0)
+    assert sched.pick() == "idle"
+    assert sched.loads() == {"busy": 3, "half": 2, "light": 3, "idle": 0}
+
+
+def test_round_robin_among_idle_workers() -> None:
+    """Among equally loaded workers the one waiting longest wins, so successive dispatches (each
+    followed by a load update, as the pool does) spread over all idle workers in turn."""
+    sched: Scheduler[str] = Scheduler(2)
+    for name in ("a", "b", "c"):
+        sched.update(name, 0)
+    order = []
+    for _ in range(3):
+        worker = sched.pick()
+        assert worker is not None
+        order.append(worker)
+        sched.update(worker, 1)
+    assert order == ["a", "b", "c"]
+    # "a" finishes first and goes to the back of the idle bucket: "b" and "c" are still loaded,
+    # so "a" is picked; once "b" is idle too, "a" (idle longer) still comes first.
+    sched.update("a", 0)
+    sched.update("b", 0)
+    assert sched.pick() == "a"
+    sched.update("a", 1)
+    assert sched.pick() == "b"
+
+
+def test_update_moves_a_worker_between_loads() -> None:
+    """update() replaces the worker's previous load; it is recorded once."""
+    sched: Scheduler[str] = Scheduler(3)
+    sched.update("w", 0)
+    sched.update("w", 2)
+    sched.update("x", 1)
+    assert sched.pick() == "x"
+    assert len(sched) == 2
+    assert sched.loads() == {"w": 2, "x": 1}
+    sched.update("w", 0)
+    assert sched.pick() == "w"
+    assert len(sched) == 2
+
+
+def test_depth_bounds_the_load_of_a_picked_worker() -> None:
+    """A worker with ``depth`` calls in flight is full: it is never picked until its load drops."""
+    sched: Scheduler[str] = Scheduler(2)
+    sched.update("w", 2)
+    assert sched.pick() is None
+    assert "w" not in sched
+    assert len(sched) == 0
+    sched.update("w", 1)
+    assert sched.pick() == "w"
+    assert "w" in sched
+
+
+def test_unavailable_and_removed_workers_are_not_picked() -> None:
+    """available=False and remove() take a worker out of rotation; removing twice is harmless."""
+    sched: Scheduler[str] = Scheduler(2)
+    sched.update("a", 0)
+    sched.update("b", 1)
+    sched.update("a", 0, available=False)
+    assert sched.pick() == "b"
+    sched.remove("b")
+    sched.remove("b")
+    sched.remove("never-seen")
+    assert sched.pick() is None
+    assert sched.loads() == {}
