@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any, Literal
 
 import anyio
@@ -25,18 +25,10 @@ from unit._targets import (
     kwargs_echo,
     new_gate,
     record_or_fail,
-    reset,
     wait_for,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _reset_targets() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 def make_pool(**overrides: Any) -> Pool:

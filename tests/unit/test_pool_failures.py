@@ -4,7 +4,7 @@ queue and bad input. Each failure must hit only its own call and leave the pool 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -40,20 +40,12 @@ from unit._targets import (
     hang,
     new_gate,
     record,
-    reset,
     unpicklable_result,
     wait_for,
     wait_then_crash,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _reset_targets() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 def make_pool(launcher: MemoryLauncher | None = None, **overrides: Any) -> Pool:

@@ -4,7 +4,7 @@ time. After every close, no fake worker may be left running."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -25,16 +25,9 @@ from poolkit import (
 )
 from poolkit._memory import MemoryLauncher, _FakeWorker, _MemoryConnection
 from poolkit._transport import Connection
-from unit._targets import RUNS, TARGET, Outcome, add, crash_segv, new_gate, record, reset, wait_for
+from unit._targets import RUNS, TARGET, Outcome, add, crash_segv, new_gate, record, wait_for
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _reset_targets() -> Iterator[None]:
-    reset()
-    yield
-    reset()
 
 
 def all_exited(launcher: MemoryLauncher) -> bool:
