@@ -31,6 +31,17 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerStartupError,
     )
+    from ._events import (
+        CallCompleted,
+        CallDispatched,
+        CallFailed,
+        CallQueued,
+        CallRequeued,
+        Event,
+        PoolStateChanged,
+        WorkerExited,
+        WorkerStateChanged,
+    )
     from ._pool import Pool, PoolStatistics, WorkerInfo
     from ._state import IllegalTransition, PoolState, WorkerState
     from ._sync import SyncPool
@@ -40,6 +51,15 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "PoolConfig": "._config",
     "WorkerSpec": "._config",
+    "CallCompleted": "._events",
+    "CallDispatched": "._events",
+    "CallFailed": "._events",
+    "CallQueued": "._events",
+    "CallRequeued": "._events",
+    "Event": "._events",
+    "PoolStateChanged": "._events",
+    "WorkerExited": "._events",
+    "WorkerStateChanged": "._events",
     "CallError": "._errors",
     "CallTimeout": "._errors",
     "FailureKind": "._errors",
@@ -64,8 +84,14 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "CallCompleted",
+    "CallDispatched",
     "CallError",
+    "CallFailed",
+    "CallQueued",
+    "CallRequeued",
     "CallTimeout",
+    "Event",
     "FailureKind",
     "IllegalTransition",
     "PayloadTooLarge",
@@ -76,6 +102,7 @@ __all__ = [
     "PoolError",
     "PoolFailed",
     "PoolState",
+    "PoolStateChanged",
     "PoolStatistics",
     "ProtocolError",
     "QueueFull",
@@ -83,10 +110,12 @@ __all__ = [
     "SerializationError",
     "SyncPool",
     "WorkerCrashed",
+    "WorkerExited",
     "WorkerInfo",
     "WorkerSpec",
     "WorkerStartupError",
     "WorkerState",
+    "WorkerStateChanged",
     "__version__",
 ]
 

@@ -9,6 +9,7 @@ assertion failure in poolkit, never a silent double delivery.
 from __future__ import annotations
 
 import enum
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Call", "CallStatus"]
 
+_seq = itertools.count(1)
+
 
 class CallStatus(enum.Enum):
     QUEUED = "queued"  # in the pool's queue
@@ -30,6 +33,7 @@ class CallStatus(enum.Enum):
 
 class Call:
     __slots__ = (
+        "admitted_at",
         "call_id",
         "codec",
         "deadline",
@@ -38,6 +42,7 @@ class Call:
         "payload",
         "result",
         "result_codec",
+        "seq",
         "status",
         "target_name",
         "timeout",
@@ -53,6 +58,8 @@ class Call:
         timeout: float | None,
         deadline: float | None,
     ) -> None:
+        self.seq = next(_seq)  # pool-wide identity (call_id is per worker)
+        self.admitted_at = 0.0
         self.target_name = target_name
         self.payload = payload
         self.codec = codec

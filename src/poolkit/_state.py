@@ -180,7 +180,7 @@ class Transition(NamedTuple, Generic[_St, _Ev]):
 class StateMachine(Generic[_St, _Ev]):
     """A current state, a table, and a bounded history of the changes made."""
 
-    __slots__ = ("_clock", "_history", "_name", "_table", "state")
+    __slots__ = ("_clock", "_history", "_name", "_table", "on_change", "state")
 
     def __init__(
         self,
@@ -196,6 +196,8 @@ class StateMachine(Generic[_St, _Ev]):
         self.state: _St = initial
         self._history: collections.deque[Transition[_St, _Ev]] = collections.deque(maxlen=history)
         self._clock = clock
+        #: Called with each recorded Transition (real changes only); the pool emits events from it.
+        self.on_change: Callable[[Transition[_St, _Ev]], None] | None = None
 
     def can(self, event: _Ev) -> bool:
         return (self.state, event) in self._table
@@ -209,7 +211,10 @@ class StateMachine(Generic[_St, _Ev]):
             raise IllegalTransition(self._name, old, event) from None
         if new is not old:
             self.state = new
-            self._history.append(Transition(old, new, event, reason, self._clock()))
+            transition = Transition(old, new, event, reason, self._clock())
+            self._history.append(transition)
+            if self.on_change is not None:
+                self.on_change(transition)
         return new
 
     @property

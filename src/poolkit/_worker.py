@@ -41,7 +41,7 @@ from ._errors import (
     WorkerStartupError,
 )
 from ._log import get_logger
-from ._state import WorkerEvent, WorkerState, WorkerStateMachine
+from ._state import Transition, WorkerEvent, WorkerState, WorkerStateMachine
 
 if TYPE_CHECKING:
     from ._config import PoolConfig
@@ -62,6 +62,10 @@ class WorkerOwner(Protocol):
     """What a worker reports to its pool. All callbacks are synchronous."""
 
     def worker_ready(self, worker: Worker) -> None: ...
+
+    def worker_state_changed(
+        self, worker: Worker, transition: Transition[WorkerState, WorkerEvent]
+    ) -> None: ...
 
     def worker_capacity(self, worker: Worker) -> None:
         """The worker's in-flight count changed (a call ended)."""
@@ -87,6 +91,7 @@ class Worker:
         self.id = worker_id
         self.generation = generation
         self.fsm = WorkerStateMachine(self.id)
+        self.fsm.on_change = lambda transition: owner.worker_state_changed(self, transition)
         self.pid: int | None = None
         self.returncode: int | None = None
         self.calls_completed = 0

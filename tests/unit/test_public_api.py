@@ -10,6 +10,15 @@ import poolkit
 from _util import TESTS_DIR
 
 EXPECTED = {
+    "CallCompleted",
+    "CallDispatched",
+    "CallFailed",
+    "CallQueued",
+    "CallRequeued",
+    "Event",
+    "PoolStateChanged",
+    "WorkerExited",
+    "WorkerStateChanged",
     "CallError",
     "CallTimeout",
     "FailureKind",
