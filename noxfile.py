@@ -55,7 +55,17 @@ def _unit(session: nox.Session) -> None:
 
 def _integration(session: nox.Session) -> None:
     # loadgroup: tests marked @pytest.mark.xdist_group("name") run in the same worker process.
-    _pytest(session, "tests/integration", "-n", "2", "--dist", "loadgroup", "--benchmark-disable")
+    # tests/conformance: the pool's behaviours on every harness layer (mock, bridge, subprocess).
+    _pytest(
+        session,
+        "tests/integration",
+        "tests/conformance",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        "--benchmark-disable",
+    )
 
 
 @nox.session(python=PYTHON)

@@ -58,7 +58,9 @@ from ._log import get_logger
 from ._scheduler import Scheduler
 from ._state import PoolEvent, PoolState, PoolStateMachine, Transition, WorkerEvent, WorkerState
 from ._transport import Launcher, SubprocessLauncher
-from ._worker import Worker
+from ._worker import Worker, WorkerOwner
+
+WorkerFactory = Callable[[WorkerOwner, PoolConfig, Launcher, str], Worker]
 
 __all__ = ["Pool", "PoolStatistics", "WorkerInfo"]
 
@@ -99,13 +101,20 @@ class Pool:
     """An async pool of long-lived subprocess workers. Use as ``async with Pool(config) as pool``.
 
     ``Pool(config, **overrides)`` or ``Pool(**fields)``: keyword arguments are
-    :class:`PoolConfig` fields. ``launcher`` replaces how workers are started (the test
-    harness runs the same pool over in-process fake workers this way).
+    :class:`PoolConfig` fields. ``launcher`` replaces how worker processes are started and
+    ``worker_factory`` the worker handle itself: ``poolkit.testing`` runs the same pool over
+    in-process fake workers (bridge layer) and scripted workers (mock layer) this way.
     """
 
     def __init__(
-        self, config: PoolConfig | None = None, /, *, launcher: Launcher | None = None, **overrides: Any
-    ):
+        self,
+        config: PoolConfig | None = None,
+        /,
+        *,
+        launcher: Launcher | None = None,
+        worker_factory: WorkerFactory | None = None,
+        **overrides: Any,
+    ) -> None:
         if config is None:
             config = PoolConfig(**overrides)
         elif overrides:
@@ -113,6 +122,7 @@ class Pool:
         self.config = config
         self.name = config.name or f"pool{next(_pool_ids)}"
         self._launcher: Launcher = launcher or SubprocessLauncher()
+        self._worker_factory: WorkerFactory = worker_factory or Worker
         self._fsm = PoolStateMachine(self.name)
         self._fsm.on_change = self._on_pool_transition
         self._listeners: list[Listener] = []
@@ -127,6 +137,7 @@ class Pool:
         self._consecutive_startup_failures = 0
         self._hard_closing = False
         self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._in_context = False
         self.task_group: anyio.abc.TaskGroup | None = None
         self._log = get_logger("poolkit.pool", pool=self.name)
         # counters for statistics()
@@ -145,12 +156,16 @@ class Pool:
 
     async def __aenter__(self) -> Self:
         await self.start()
+        self._in_context = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.aclose(drain=exc is None)
+        try:
+            await self._close(drain=exc is None)
+        finally:
+            await self._exit_task_group()
 
     async def start(self) -> None:
         """Start ``min_workers`` workers concurrently and wait until all are ready.
@@ -169,11 +184,17 @@ class Pool:
                 lambda: self._failure is not None or self._count_ready() >= self.config.min_workers
             )
         except BaseException:
-            await self.aclose(drain=False)
+            try:
+                await self._close(drain=False)
+            finally:
+                await self._exit_task_group()
             raise
         if self._failure is not None:
             failure = self._failure
-            await self.aclose(drain=False)
+            try:
+                await self._close(drain=False)
+            finally:
+                await self._exit_task_group()
             raise failure from failure.cause
         if not self._fsm.can(PoolEvent.STARTED):  # aclose() ran while we were starting
             raise PoolClosed(self.name, detail="closed while starting")
@@ -183,11 +204,20 @@ class Pool:
     async def aclose(self, *, drain: bool = True) -> None:
         """Close the pool. With ``drain``, admitted calls may finish (up to ``drain_timeout``);
         then workers are asked to exit, and killed if they do not within ``kill_grace``.
-        Leaves no process behind. Safe to call twice."""
+        Leaves no process behind. Safe to call twice, and from any task inside the pool's
+        ``async with`` block (the block's exit then finishes the bookkeeping)."""
+        await self._close(drain=drain)
+        if not self._in_context:  # started with start(): this call owns the task group
+            await self._exit_task_group()
+
+    async def _close(self, *, drain: bool) -> None:
         if self._fsm.state is PoolState.CLOSED:
             return
         if self._fsm.state is PoolState.CREATED:
             self._fsm.fire(PoolEvent.CLOSE)
+            return
+        if self._fsm.state is PoolState.DRAINING:  # another task is closing: wait for it
+            await self._wait_for(lambda: self._fsm.state is PoolState.CLOSED)
             return
         self._fsm.fire(PoolEvent.CLOSE)
         self._notify_room()
@@ -200,13 +230,17 @@ class Pool:
             # nothing may be left running once aclose() returns or is cancelled.
             with anyio.CancelScope(shield=True):
                 await self._stop_workers()
-            # The task group must be exited from the scope it was entered in (not from
-            # inside the shield above); every worker task has ended by now, so this is quick.
-            stack, self._exit_stack = self._exit_stack, None
-            if stack is not None:
-                await stack.aclose()
             self._fsm.fire(PoolEvent.CLOSED)
+            self._notify_changed()
             self._log.debug("pool closed")
+
+    async def _exit_task_group(self) -> None:
+        """Exit the workers' task group. Must run in the task (and cancel scope) that entered
+        it, which is why it is separate from closing; every worker task has ended by now."""
+        stack, self._exit_stack = self._exit_stack, None
+        self._in_context = False
+        if stack is not None:
+            await stack.aclose()
 
     async def _stop_workers(self) -> None:
         self._hard_closing = True
@@ -557,7 +591,9 @@ class Pool:
 
     def _spawn(self) -> None:
         assert self.task_group is not None
-        worker = Worker(self, self.config, self._launcher, f"{self.name}-w{next(self._worker_ids)}")
+        worker = self._worker_factory(
+            self, self.config, self._launcher, f"{self.name}-w{next(self._worker_ids)}"
+        )
         self._workers[worker.id] = worker
         self._worker_starts += 1
         self.task_group.start_soon(worker.run, name=f"poolkit worker {worker.id}")

@@ -4,7 +4,7 @@ A :class:`Launcher` turns a worker description into a :class:`Connection`: a byt
 way, the worker's free-form stderr, and process control (pid, wait, terminate, kill). The
 pool is written against these two protocols only, which is what lets the same pool code run
 over real subprocesses (:class:`SubprocessLauncher`) and over an in-process fake worker
-speaking the real protocol (``poolkit._memory``) in unit tests.
+speaking the real protocol (``poolkit.testing._bridge``) in unit tests.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Call targets, handlers and helpers for unit tests over the in-memory launcher.
 
-``poolkit._memory.MemoryLauncher`` runs its fake workers as tasks in the test's own event loop,
+``poolkit.testing._bridge.BridgeLauncher`` runs its fake workers as tasks in the test's own event loop,
 so everything here runs in that loop too: a sync target blocks it (as it would block a worker
 process), an async target is awaited, and module-level state (gates, counters) is shared
 between a test and the "workers" it drives. Targets are referred to by reference
@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import anyio
 
-from poolkit._memory import FakeExit
+from poolkit.testing._bridge import FakeExit
 
 __all__ = [
     "GATES",

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 from poolkit import Pool, PoolConfig, WorkerSpec
-from poolkit._memory import MemoryLauncher
+from poolkit.testing._bridge import BridgeLauncher
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_invalid_config_names_the_field(fields: dict[str, Any], field_name: str)
         PoolConfig(**fields)
     assert field_name in str(info.value)
     with pytest.raises(pydantic.ValidationError) as info:
-        Pool(launcher=MemoryLauncher(), **fields)
+        Pool(launcher=BridgeLauncher(), **fields)
     assert field_name in str(info.value)
 
 
@@ -85,8 +85,8 @@ def test_pool_overrides_revalidate_the_config() -> None:
     or against the config's other fields."""
     base = PoolConfig(min_workers=2)
     with pytest.raises(pydantic.ValidationError, match="max_workers"):
-        Pool(base, max_workers=1, launcher=MemoryLauncher())
+        Pool(base, max_workers=1, launcher=BridgeLauncher())
     with pytest.raises(pydantic.ValidationError, match="nonsense"):
-        Pool(base, nonsense=True, launcher=MemoryLauncher())
-    pool = Pool(base, max_workers=3, launcher=MemoryLauncher())
+        Pool(base, nonsense=True, launcher=BridgeLauncher())
+    pool = Pool(base, max_workers=3, launcher=BridgeLauncher())
     assert (pool.config.min_workers, pool.config.worker_limit) == (2, 3)

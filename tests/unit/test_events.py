@@ -10,7 +10,7 @@ import pytest
 import poolkit
 from _util import scaled
 from poolkit import CallCompleted, CallFailed, CallQueued, Event, Pool, WorkerStateChanged
-from poolkit._memory import MemoryLauncher
+from poolkit.testing._bridge import BridgeLauncher
 from unit._targets import add, boom, crash_segv, hang
 
 pytestmark = pytest.mark.anyio
@@ -20,7 +20,7 @@ async def test_every_queued_call_ends_with_exactly_one_terminal_event() -> None:
     """Each call gets CallQueued, then exactly one CallCompleted or CallFailed with the right kind:
     success, application error, crash and timeout alike."""
     events: list[Event] = []
-    async with Pool(min_workers=1, launcher=MemoryLauncher()) as pool:
+    async with Pool(min_workers=1, launcher=BridgeLauncher()) as pool:
         pool.subscribe(events.append)
         with anyio.fail_after(scaled(10)):
             assert await pool.call(add, 1, 2) == 3
@@ -46,7 +46,7 @@ async def test_every_queued_call_ends_with_exactly_one_terminal_event() -> None:
 async def test_worker_state_changes_are_emitted_and_events_are_frozen() -> None:
     """Worker lifecycle transitions arrive as WorkerStateChanged records, which cannot be mutated."""
     events: list[Event] = []
-    pool = Pool(min_workers=1, launcher=MemoryLauncher())
+    pool = Pool(min_workers=1, launcher=BridgeLauncher())
     pool.subscribe(events.append)
     async with pool:
         await pool.call(add, 1, 1)
@@ -65,7 +65,7 @@ async def test_unsubscribe_stops_delivery_and_a_failing_listener_does_not_break_
     def broken(event: Event) -> None:
         raise RuntimeError("listener bug")
 
-    async with Pool(min_workers=1, launcher=MemoryLauncher()) as pool:
+    async with Pool(min_workers=1, launcher=BridgeLauncher()) as pool:
         pool.subscribe(broken)
         unsubscribe = pool.subscribe(seen.append)
         assert await pool.call(add, 2, 2) == 4

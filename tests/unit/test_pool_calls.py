@@ -13,7 +13,7 @@ import pytest
 
 from _util import scaled, wait_until
 from poolkit import Pool, PoolState, PoolStatistics, RemoteError, SyncPool, WorkerInfo, WorkerState
-from poolkit._memory import MemoryLauncher
+from poolkit.testing._bridge import BridgeLauncher
 from unit._targets import (
     GATES,
     RUNS,
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.anyio
 def make_pool(**overrides: Any) -> Pool:
     """A small pool over fake workers (one worker unless told otherwise)."""
     fields: dict[str, Any] = {"min_workers": 1, **overrides}
-    return Pool(launcher=MemoryLauncher(), **fields)
+    return Pool(launcher=BridgeLauncher(), **fields)
 
 
 # ---- call ----------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ async def test_repr_shows_state_and_counts() -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sync_pool_call_and_map(backend: Literal["asyncio", "trio"]) -> None:
     """SyncPool runs the pool in a private loop thread: call() and map() block and return results."""
-    with SyncPool(min_workers=1, backend=backend, launcher=MemoryLauncher()) as pool:
+    with SyncPool(min_workers=1, backend=backend, launcher=BridgeLauncher()) as pool:
         assert pool.call(add, 20, 22) == 42
         assert pool.call("math:factorial", 5) == 120
         assert pool.call(kwargs_echo, 1, k="v") == ((1,), {"k": "v"})
@@ -297,7 +297,7 @@ def test_sync_pool_call_and_map(backend: Literal["asyncio", "trio"]) -> None:
 
 def test_sync_pool_outside_with_refuses_calls() -> None:
     """A SyncPool that is not entered raises RuntimeError instead of hanging."""
-    pool = SyncPool(min_workers=1, launcher=MemoryLauncher())
+    pool = SyncPool(min_workers=1, launcher=BridgeLauncher())
     with pytest.raises(RuntimeError, match="not running"):
         pool.call(add, 1, 2)
 
@@ -305,7 +305,7 @@ def test_sync_pool_outside_with_refuses_calls() -> None:
 def test_sync_pool_map_closed_after_the_pool_is_harmless() -> None:
     """A SyncPool.map generator left unfinished inside the ``with`` block can be closed (or garbage
     collected) after the pool has closed without raising."""
-    with SyncPool(min_workers=1, launcher=MemoryLauncher()) as pool:
+    with SyncPool(min_workers=1, launcher=BridgeLauncher()) as pool:
         results = pool.map(add, [1, 2, 3], [1, 1, 1])
         assert isinstance(results, Generator)  # typed as Iterator, which has no close()
         assert next(results) == 2

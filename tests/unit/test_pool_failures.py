@@ -26,8 +26,8 @@ from poolkit import (
     WorkerCrashed,
     WorkerState,
 )
-from poolkit._memory import MemoryLauncher
 from poolkit._transport import Connection
+from poolkit.testing._bridge import BridgeLauncher
 from unit._targets import (
     RUNS,
     TARGET,
@@ -48,10 +48,10 @@ from unit._targets import (
 pytestmark = pytest.mark.anyio
 
 
-def make_pool(launcher: MemoryLauncher | None = None, **overrides: Any) -> Pool:
+def make_pool(launcher: BridgeLauncher | None = None, **overrides: Any) -> Pool:
     """A small pool over fake workers (one worker unless told otherwise)."""
     fields: dict[str, Any] = {"min_workers": 1, **overrides}
-    return Pool(launcher=launcher or MemoryLauncher(), **fields)
+    return Pool(launcher=launcher or BridgeLauncher(), **fields)
 
 
 def replaced(pool: Pool, old_id: str, starts: int) -> bool:
@@ -69,7 +69,7 @@ def replaced(pool: Pool, old_id: str, starts: int) -> bool:
 async def test_timeout_of_a_running_call_kills_and_replaces_its_worker() -> None:
     """A running call past its deadline raises CallTimeout (a TimeoutError, phase RUNNING); its
     worker is killed and replaced, and the call pipelined behind it still succeeds."""
-    launcher = MemoryLauncher()
+    launcher = BridgeLauncher()
     with anyio.fail_after(scaled(10)):
         async with make_pool(launcher, pipeline_depth=2) as pool:
             old = pool.statistics().workers[0]
@@ -160,7 +160,7 @@ async def test_timeout_of_a_pipelined_call_reports_sent_and_spares_the_worker() 
 
 async def test_worker_ignoring_sigterm_is_killed_after_kill_grace() -> None:
     """Killing a worker sends SIGTERM, then SIGKILL after kill_grace if it is still there."""
-    launcher = MemoryLauncher(ignore_sigterm=True)
+    launcher = BridgeLauncher(ignore_sigterm=True)
     with anyio.fail_after(scaled(10)):
         async with make_pool(launcher, kill_grace=0.05) as pool:
             old = pool.statistics().workers[0]
@@ -287,7 +287,7 @@ async def test_cancelling_a_queued_call_removes_it() -> None:
 async def test_cancelling_a_running_call_kills_its_worker() -> None:
     """Cancelling the caller of a running call kills its worker (the only way to stop it); a
     replacement starts and the pool keeps serving."""
-    launcher = MemoryLauncher()
+    launcher = BridgeLauncher()
     with anyio.fail_after(scaled(10)):
         async with make_pool(launcher) as pool:
             old = pool.statistics().workers[0].id
@@ -396,8 +396,8 @@ class _SlowCloseConnection:
         await self._inner.aclose()
 
 
-class SlowCloseLauncher(MemoryLauncher):
-    """MemoryLauncher whose connections take until ``release`` is set to close."""
+class SlowCloseLauncher(BridgeLauncher):
+    """BridgeLauncher whose connections take until ``release`` is set to close."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -23,18 +23,18 @@ from poolkit import (
     WorkerStartupError,
     WorkerState,
 )
-from poolkit._memory import MemoryLauncher, _FakeWorker, _MemoryConnection
 from poolkit._transport import Connection
+from poolkit.testing._bridge import BridgeLauncher, _FakeWorker, _MemoryConnection
 from unit._targets import RUNS, TARGET, Outcome, add, crash_segv, new_gate, record, wait_for
 
 pytestmark = pytest.mark.anyio
 
 
-def all_exited(launcher: MemoryLauncher) -> bool:
+def all_exited(launcher: BridgeLauncher) -> bool:
     return all(conn.returncode is not None for conn in launcher.connections)
 
 
-class HeldLauncher(MemoryLauncher):
+class HeldLauncher(BridgeLauncher):
     """Starts the first ``free`` workers normally. Later ones are held until ``hold`` is set:
     in ``launch`` (the worker stays SPAWNING) or, with ``hold_handshake``, after the launch
     (the fake process exists but says nothing, so the worker stays STARTING)."""
@@ -83,7 +83,7 @@ async def test_startup_failure_fails_the_pool_with_the_worker_traceback() -> Non
     """Workers that fail to start make ``async with Pool(...)`` raise PoolFailed carrying the
     worker's traceback, after exactly max_startup_failures attempts (no crash loop), and leave
     nothing running."""
-    launcher = MemoryLauncher(startup_error="No module named nope")
+    launcher = BridgeLauncher(startup_error="No module named nope")
     pool = Pool(launcher=launcher, min_workers=1, max_startup_failures=2)
     entered = False
     with anyio.fail_after(scaled(10)):
@@ -117,7 +117,7 @@ async def test_startup_failure_fails_the_pool_with_the_worker_traceback() -> Non
 async def test_handler_that_cannot_start_fails_the_pool(handler: str, expected: str) -> None:
     """A handler whose setup raises, or that does not exist, is a startup failure reported with
     the worker's traceback."""
-    launcher = MemoryLauncher()
+    launcher = BridgeLauncher()
     pool = Pool(
         launcher=launcher, min_workers=1, max_startup_failures=1, worker={"handler": TARGET + handler}
     )
@@ -132,7 +132,7 @@ async def test_handler_that_cannot_start_fails_the_pool(handler: str, expected: 
 async def test_startup_failures_at_run_time_fail_the_pool() -> None:
     """If replacement workers keep failing to start, the pool fails: waiting and new calls raise
     PoolFailed instead of hanging, and closing it still works."""
-    launcher = MemoryLauncher()
+    launcher = BridgeLauncher()
     with anyio.fail_after(scaled(10)):
         async with Pool(launcher=launcher, min_workers=1, max_startup_failures=2) as pool:
             launcher.startup_error = "No module named nope"
@@ -155,7 +155,7 @@ async def test_startup_failures_at_run_time_fail_the_pool() -> None:
 async def test_close_drains_calls_in_flight_and_refuses_new_ones() -> None:
     """aclose() lets a call in flight finish; calls made meanwhile or afterwards raise PoolClosed;
     the worker then exits cleanly (SHUTDOWN, exit status 0)."""
-    launcher = MemoryLauncher()
+    launcher = BridgeLauncher()
     inflight, refused = Outcome(), Outcome()
     with anyio.fail_after(scaled(10)):
         async with anyio.create_task_group() as tg:
@@ -188,7 +188,7 @@ async def test_drain_timeout_fails_calls_in_flight_and_stops_workers() -> None:
     """When calls outlast drain_timeout, closing fails them with PoolClosed (the running one with
     phase RUNNING, the one sent behind it with phase SENT, which never runs) and kills the
     workers."""
-    launcher = MemoryLauncher()
+    launcher = BridgeLauncher()
     running, behind = Outcome(), Outcome()
     with anyio.fail_after(scaled(10)):
         async with anyio.create_task_group() as tg:
@@ -214,7 +214,7 @@ async def test_drain_timeout_fails_calls_in_flight_and_stops_workers() -> None:
 async def test_error_in_the_pool_block_closes_without_draining() -> None:
     """Leaving ``async with pool`` by an exception does not wait for calls in flight: they fail
     with PoolClosed and the exception propagates."""
-    launcher = MemoryLauncher()
+    launcher = BridgeLauncher()
     running = Outcome()
     with anyio.fail_after(scaled(10)):
         async with anyio.create_task_group() as tg:
@@ -230,7 +230,7 @@ async def test_error_in_the_pool_block_closes_without_draining() -> None:
 
 async def test_pool_that_never_started_refuses_calls() -> None:
     """A pool that was never started, or closed without starting, raises PoolClosed on calls."""
-    pool = Pool(launcher=MemoryLauncher(), min_workers=1)
+    pool = Pool(launcher=BridgeLauncher(), min_workers=1)
     with pytest.raises(PoolClosed, match="created"):
         await pool.call(add, 1, 2)
     await pool.aclose()
@@ -243,7 +243,7 @@ async def test_config_and_overrides_are_merged() -> None:
     """Pool(config, **overrides) validates the merged fields; the pool is named from them."""
     base = PoolConfig(min_workers=1, name="base")
     with anyio.fail_after(scaled(10)):
-        async with Pool(base, name="merged", pipeline_depth=3, launcher=MemoryLauncher()) as pool:
+        async with Pool(base, name="merged", pipeline_depth=3, launcher=BridgeLauncher()) as pool:
             assert pool.config.name == "merged"
             assert pool.config.pipeline_depth == 3
             assert pool.config.min_workers == 1

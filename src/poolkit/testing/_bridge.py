@@ -1,6 +1,6 @@
-"""In-process fake workers speaking the real protocol over in-memory streams.
+"""The bridge layer: in-process fake workers speaking the real protocol over in-memory streams.
 
-:class:`MemoryLauncher` is a :class:`~poolkit._transport.Launcher` whose "processes" are
+:class:`BridgeLauncher` is a :class:`~poolkit._transport.Launcher` whose "processes" are
 tasks in the pool's task group. They exchange real frames (``_protocol``) with the real pool
 code, so unit tests exercise framing, pipelining, ordering, cancellation, timeouts and crash
 handling without spawning anything. This is the seed of the harness's bridge layer.
@@ -26,24 +26,13 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import _protocol as proto
-from ._transport import Connection
+from .. import _protocol as proto
+from .._transport import Connection
+from ._context import FakeExit, in_process
 
-__all__ = ["FakeExit", "MemoryLauncher"]
+__all__ = ["BridgeLauncher", "FakeExit"]
 
 _fake_pids = itertools.count(900_000)
-
-
-class FakeExit(BaseException):
-    """Raised by a target to end its fake worker process with ``returncode``.
-
-    Negative codes mean "killed by that signal", as subprocess reports it (-9: SIGKILL,
-    -11: SIGSEGV). A BaseException so that user-style ``except Exception`` cannot catch it.
-    """
-
-    def __init__(self, returncode: int) -> None:
-        super().__init__(returncode)
-        self.returncode = returncode
 
 
 class _MemoryConnection:
@@ -111,7 +100,7 @@ class _MemoryConnection:
         self._stderr_rx.close()
 
 
-class MemoryLauncher:
+class BridgeLauncher:
     """Starts fake workers as tasks. ``startup_error`` makes every worker fail its startup
     with that message (as a handler that fails to import would)."""
 
@@ -159,6 +148,7 @@ class _FakeWorker:
     async def run(self) -> None:
         conn = self.conn
         returncode = 0
+        in_process.set(True)  # targets from poolkit.testing.targets adapt (this task's context only)
         with conn.scope:
             try:
                 returncode = await self._serve()

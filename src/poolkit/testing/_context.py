@@ -1,0 +1,27 @@
+"""Where a target is running: in a real worker process, or in-process (mock and bridge layers).
+
+Layer-agnostic targets (``poolkit.testing.targets``) read :data:`in_process` to do the real
+thing in each place: SIGKILL themselves in a process, raise :class:`FakeExit` in-process;
+block the process in ``time.sleep``, or ``await`` an anyio sleep without blocking the loop.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+__all__ = ["FakeExit", "in_process"]
+
+#: True while a mock or bridge worker runs a target (set in that worker's task context).
+in_process: ContextVar[bool] = ContextVar("poolkit_in_process", default=False)
+
+
+class FakeExit(BaseException):
+    """Raised by a target to end its in-process worker with ``returncode``.
+
+    Negative codes mean "killed by that signal", as subprocess reports it (-9: SIGKILL,
+    -11: SIGSEGV). A BaseException so that user-style ``except Exception`` cannot catch it.
+    """
+
+    def __init__(self, returncode: int) -> None:
+        super().__init__(returncode)
+        self.returncode = returncode

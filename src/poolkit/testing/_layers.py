@@ -1,0 +1,69 @@
+"""The three layers a pool can be tested on, and building an isolated pool for each.
+
+* ``mock``: scripted workers, no protocol, no processes (:mod:`poolkit.testing._mock`);
+* ``bridge``: the real protocol and codecs over in-memory streams, against an in-process fake
+  worker runtime (:mod:`poolkit.testing._bridge`);
+* ``subprocess``: real worker processes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from .._config import PoolConfig, WorkerSpec
+from .._pool import Pool
+from ._bridge import BridgeLauncher
+from ._isolation import TAG_ENV, unique_name
+from ._mock import MockScript
+
+__all__ = ["LAYERS", "Layer", "pool_for"]
+
+
+class Layer(enum.Enum):
+    MOCK = "mock"
+    BRIDGE = "bridge"
+    SUBPROCESS = "subprocess"
+
+    @property
+    def has_processes(self) -> bool:
+        return self is Layer.SUBPROCESS
+
+
+LAYERS: tuple[Layer, ...] = tuple(Layer)
+
+
+def pool_for(
+    layer: Layer | str,
+    config: PoolConfig | None = None,
+    /,
+    *,
+    tag: str | None = None,
+    script: MockScript | None = None,
+    launcher: BridgeLauncher | None = None,
+    **overrides: Any,
+) -> Pool:
+    """A new (not yet started) pool on ``layer`` with a unique name.
+
+    ``tag`` is put in every worker process's environment (``POOLKIT_TEST_TAG``) so teardown
+    can find and kill exactly this test's processes. ``script`` drives mock workers;
+    ``launcher`` replaces the bridge layer's launcher (to inject faults on its streams).
+    Keyword arguments are :class:`~poolkit.PoolConfig` fields.
+    """
+    layer = Layer(layer)
+    fields: dict[str, Any] = config.model_dump() if config is not None else {}
+    fields.update(overrides)
+    fields.setdefault("name", unique_name(f"{layer.value}"))
+    if tag is not None:
+        worker = fields.get("worker") or {}
+        if isinstance(worker, WorkerSpec):
+            worker = worker.model_dump()
+        worker = dict(worker)
+        worker["env"] = {**worker.get("env", {}), TAG_ENV: tag}
+        fields["worker"] = worker
+    cfg = PoolConfig.model_validate(fields)
+    if layer is Layer.MOCK:
+        return Pool(cfg, worker_factory=(script or MockScript()).factory())
+    if layer is Layer.BRIDGE:
+        return Pool(cfg, launcher=launcher or BridgeLauncher())
+    return Pool(cfg)

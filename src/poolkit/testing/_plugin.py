@@ -1,0 +1,131 @@
+"""The pytest plugin (entry point ``poolkit``): fixtures prefixed ``poolkit_``.
+
+* ``poolkit_layer``: the layer a test runs on. A test that asks for it runs once per
+  selected layer: all three by default, narrowed by ``--poolkit-layers=bridge,subprocess``
+  on the command line and by ``@pytest.mark.poolkit_layers("mock", "bridge")`` on the test.
+* ``poolkit_isolation``: a unique tag and name for the test; at teardown it kills every
+  process carrying the tag and fails the test if anything leaked.
+* ``poolkit_pool_factory``: ``async with poolkit_pool_factory(min_workers=2) as pool:`` an
+  isolated pool on the test's layer. ``poolkit_pool``: one started with defaults.
+* ``poolkit_timeout_factor``: ``POOLKIT_TIMEOUT_FACTOR`` as a float.
+
+Tests on the subprocess layer are put in the ``xdist_group("poolkit-subprocess")`` so that,
+with ``--dist loadgroup``, they do not oversubscribe a small machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .._pool import Pool
+from ._isolation import LeakCheck, kill_tagged, unique_name
+from ._layers import LAYERS, Layer, pool_for
+from ._wait import ensure_pool_ready, timeout_factor
+
+__all__ = ["Isolation", "PoolFactory"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("poolkit")
+    group.addoption(
+        "--poolkit-layers",
+        default=",".join(layer.value for layer in LAYERS),
+        help="comma-separated layers for tests using poolkit_layer: mock, bridge, subprocess (default: all)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "poolkit_layers(*layers): run this test only on these poolkit layers (mock, bridge, subprocess)",
+    )
+
+
+def _selected_layers(config: pytest.Config) -> list[Layer]:
+    raw = str(config.getoption("--poolkit-layers"))
+    try:
+        return [Layer(part.strip()) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise pytest.UsageError(
+            f"--poolkit-layers: expected mock, bridge and/or subprocess, got {raw!r}"
+        ) from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "poolkit_layer" not in metafunc.fixturenames:
+        return
+    layers = _selected_layers(metafunc.config)
+    marker = metafunc.definition.get_closest_marker("poolkit_layers")
+    if marker is not None:
+        wanted = {Layer(arg) for arg in marker.args}
+        layers = [layer for layer in layers if layer in wanted]
+    params = [
+        pytest.param(layer, id=layer.value, marks=[pytest.mark.xdist_group("poolkit-subprocess")])
+        if layer.has_processes
+        else pytest.param(layer, id=layer.value)
+        for layer in layers
+    ]
+    metafunc.parametrize("poolkit_layer", params)
+
+
+@pytest.fixture
+def poolkit_timeout_factor() -> float:
+    """``POOLKIT_TIMEOUT_FACTOR`` as a float (default 1.0)."""
+    return timeout_factor()
+
+
+@dataclasses.dataclass
+class Isolation:
+    """One test's isolation: ``tag`` marks its worker processes, ``name`` is unique in the run."""
+
+    tag: str
+    name: str
+    leak_check: LeakCheck
+    killed: list[int] = dataclasses.field(default_factory=list)
+
+
+@pytest.fixture
+def poolkit_isolation(request: pytest.FixtureRequest) -> Iterator[Isolation]:
+    """Tag this test's processes; at teardown kill them and fail on leaks (processes, threads,
+    pipes/sockets, poolkit temp files)."""
+    name = unique_name(request.node.name)
+    isolation = Isolation(tag=name, name=name, leak_check=LeakCheck(name))
+    isolation.leak_check.start()
+    yield isolation
+    isolation.killed = kill_tagged(isolation.tag)
+    leaks = isolation.leak_check.leaks()
+    if isolation.killed:
+        leaks.insert(0, f"killed {len(isolation.killed)} worker process(es) left running: {isolation.killed}")
+    if leaks:
+        pytest.fail("poolkit leak check failed:\n  " + "\n  ".join(leaks), pytrace=False)
+
+
+PoolFactory = Callable[..., contextlib.AbstractAsyncContextManager[Pool]]
+
+
+@pytest.fixture
+def poolkit_pool_factory(poolkit_layer: Layer, poolkit_isolation: Isolation) -> PoolFactory:
+    """``async with poolkit_pool_factory(**config_fields) as pool:``: an isolated, started pool
+    on this test's layer (waits until its workers are ready)."""
+
+    @contextlib.asynccontextmanager
+    async def factory(*args: Any, **kwargs: Any) -> AsyncIterator[Pool]:
+        kwargs.setdefault("min_workers", 2)
+        pool = pool_for(poolkit_layer, *args, tag=poolkit_isolation.tag, **kwargs)
+        async with pool:
+            await ensure_pool_ready(pool)
+            yield pool
+
+    return factory
+
+
+@pytest.fixture
+async def poolkit_pool(poolkit_pool_factory: PoolFactory) -> AsyncIterator[Pool]:
+    """A started pool with two workers on this test's layer."""
+    async with poolkit_pool_factory() as pool:
+        yield pool

@@ -1,0 +1,151 @@
+"""Deterministic waiting: wake on pool events, poll only as a fallback, scale every timeout.
+
+A test never sleeps to let something happen; it waits for the thing. :func:`wait_until`
+re-checks its predicate whenever the pool emits an event (a worker changed state, a call
+ended), with a slow poll only as a fallback for conditions no event announces. On timeout it
+fails with what it waited for and the pool's state at that moment.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+
+from .._pool import Pool
+from .._state import WorkerState
+
+__all__ = [
+    "ManualClock",
+    "Sequencer",
+    "WaitTimeout",
+    "ensure_pool_ready",
+    "scaled",
+    "timeout_factor",
+    "wait_until",
+]
+
+
+def timeout_factor() -> float:
+    """``POOLKIT_TIMEOUT_FACTOR`` (default 1): multiply every test timeout on slow machines."""
+    raw = os.environ.get("POOLKIT_TIMEOUT_FACTOR", "").strip()
+    if not raw:
+        return 1.0
+    factor = float(raw)
+    if not factor > 0:
+        raise ValueError(f"POOLKIT_TIMEOUT_FACTOR must be > 0, got {raw!r}")
+    return factor
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` times :func:`timeout_factor`."""
+    return seconds * timeout_factor()
+
+
+class WaitTimeout(AssertionError):
+    """A :func:`wait_until` condition did not hold in time. The message says what and where."""
+
+
+async def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float = 10.0,
+    describe: str = "condition",
+    pool: Pool | None = None,
+    poll: float = 0.05,
+) -> None:
+    """Return once ``predicate()`` is true; raise :class:`WaitTimeout` after ``scaled(timeout)``.
+
+    With ``pool``, the predicate is re-checked on every event the pool emits, so the wait
+    ends as soon as the pool does the thing; ``poll`` is the fallback re-check interval.
+    """
+    if predicate():
+        return
+    changed = anyio.Event()
+
+    def on_event(_event: object) -> None:
+        changed.set()
+
+    unsubscribe = pool.subscribe(on_event) if pool is not None else None
+    limit = scaled(timeout)
+    try:
+        with anyio.move_on_after(limit):
+            while not predicate():
+                with anyio.move_on_after(poll):
+                    await changed.wait()
+                changed = anyio.Event()
+            return
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+    detail = f"\n  pool: {pool!r}\n  statistics: {pool.statistics()}" if pool is not None else ""
+    raise WaitTimeout(f"timed out after {limit:g}s waiting for: {describe}{detail}")
+
+
+async def ensure_pool_ready(pool: Pool, *, timeout: float = 30.0) -> None:
+    """Wait until the pool runs ``min_workers`` READY workers and none is starting."""
+
+    def ready() -> bool:
+        stats = pool.statistics()
+        starting = stats.workers_in(WorkerState.SPAWNING) + stats.workers_in(WorkerState.STARTING)
+        return stats.workers_in(WorkerState.READY) >= pool.config.min_workers and starting == 0
+
+    await wait_until(ready, timeout=timeout, describe=f"{pool.config.min_workers} ready workers", pool=pool)
+
+
+class Sequencer:
+    """Order steps of concurrent tasks: ``async with seq(n):`` runs after step ``n - 1`` ends.
+
+    Modelled on ``trio.testing.Sequencer``, on anyio so it works on asyncio too::
+
+        seq = Sequencer()
+        async def a():
+            async with seq(0): ...   # first
+            async with seq(2): ...   # third
+        async def b():
+            async with seq(1): ...   # second
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[int, anyio.Event] = {}
+        self._claimed: set[int] = set()
+
+    def _event(self, step: int) -> anyio.Event:
+        event = self._done.get(step)
+        if event is None:
+            event = self._done[step] = anyio.Event()
+        return event
+
+    @asynccontextmanager
+    async def __call__(self, step: int) -> AsyncIterator[None]:
+        if step in self._claimed:
+            raise RuntimeError(f"step {step} of the sequence was already used")
+        self._claimed.add(step)
+        if step > 0:
+            await self._event(step - 1).wait()
+        try:
+            yield
+        finally:
+            self._event(step).set()
+
+
+class ManualClock:
+    """A clock that moves only when told: ``clock()`` reads it, ``clock.advance(dt)`` moves it.
+
+    Pass it where poolkit accepts a ``clock`` (state machine histories today; backoff, TTLs and
+    heartbeats as they land) to test time-based behaviour without waiting.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0 or math.isnan(seconds):
+            raise ValueError(f"a clock only moves forward, got {seconds!r}")
+        self._now += seconds
