@@ -92,6 +92,7 @@ class PoolStatistics:
     worker_starts: int
     worker_crashes: int
     startup_failures: int
+    waiting: int = 0  # callers waiting for room in a full queue (queue_policy="wait")
 
     def workers_in(self, state: WorkerState) -> int:
         return sum(1 for w in self.workers if w.state is state)
@@ -131,7 +132,7 @@ class Pool:
         self._worker_ids = itertools.count(1)
         self._sched: Scheduler[Worker] = Scheduler(config.pipeline_depth)
         self._queue: collections.deque[Call] = collections.deque()
-        self._room: anyio.Event | None = None
+        self._room_waiters: collections.deque[anyio.Event] = collections.deque()
         self._changed: anyio.Event | None = None
         self._failure: PoolFailed | None = None
         self._consecutive_startup_failures = 0
@@ -174,7 +175,6 @@ class Pool:
         traceback) if workers keep failing to start; nothing is left running in that case.
         """
         self._fsm.fire(PoolEvent.START)
-        self._room = anyio.Event()
         self._exit_stack = contextlib.AsyncExitStack()
         self.task_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
         for _ in range(self.config.min_workers):
@@ -358,19 +358,17 @@ class Pool:
             raise PoolClosed(self.name, detail=f"pool is {self._fsm.state.value}")
 
     async def _admit(self, call: Call) -> None:
-        """Put ``call`` in the queue, waiting for room (under its deadline) or rejecting."""
+        """Put ``call`` in the queue, waiting for room (under its deadline) or rejecting.
+
+        Waiting is first come, first served: a caller that finds others already waiting
+        queues behind them even if a slot is free right now, so no early caller is starved
+        by later ones racing for each freed slot.
+        """
         queue = self._queue
-        while len(queue) >= self.config.max_queue and self._sched.pick() is None:
+        if self._room_waiters or not self._has_room():
             if self.config.queue_policy == "reject":
                 raise QueueFull(self.name, self.config.max_queue)
-            room = self._room
-            assert room is not None
-            with anyio.CancelScope(deadline=call.deadline if call.deadline is not None else float("inf")):
-                await room.wait()
-            if call.deadline is not None and anyio.current_time() >= call.deadline:
-                self._timed_out += 1
-                raise CallTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
-            self._check_open()
+            await self._wait_for_room(call)
         queue.append(call)
         call.admitted_at = anyio.current_time()
         if self._listeners:
@@ -559,11 +557,46 @@ class Pool:
         if queue:
             self._maybe_scale_up()
 
+    def _has_room(self) -> bool:
+        return len(self._queue) < self.config.max_queue or self._sched.pick() is not None
+
+    async def _wait_for_room(self, call: Call) -> None:
+        """Wait in line (a FIFO of tickets) until there is room, the deadline passes, or the
+        pool closes. A woken caller that finds the room taken again keeps its place at the front."""
+        waiters = self._room_waiters
+        ticket = anyio.Event()
+        waiters.append(ticket)
+        admitted = False
+        try:
+            while True:
+                with anyio.CancelScope(deadline=call.deadline if call.deadline is not None else float("inf")):
+                    await ticket.wait()
+                self._check_open()
+                if not ticket.is_set():  # the deadline passed while waiting
+                    self._timed_out += 1
+                    raise CallTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
+                if self._has_room():
+                    admitted = True
+                    return
+                ticket = anyio.Event()
+                waiters.appendleft(ticket)
+        finally:
+            if ticket in waiters:
+                waiters.remove(ticket)
+            elif not admitted and ticket.is_set():
+                self._notify_room()  # we were woken but are leaving: pass the turn on
+
     def _notify_room(self) -> None:
-        room = self._room
-        if room is not None and room.statistics().tasks_waiting:
-            room.set()
-            self._room = anyio.Event()
+        """Wake the first waiter in line if there is room (all of them if the pool stopped
+        accepting calls, so each sees why)."""
+        waiters = self._room_waiters
+        if not waiters:
+            return
+        if not self._fsm.state.accepts_calls:
+            while waiters:
+                waiters.popleft().set()
+        elif self._has_room():
+            waiters.popleft().set()
 
     def _notify_changed(self) -> None:
         changed = self._changed
@@ -706,6 +739,7 @@ class Pool:
             worker_starts=self._worker_starts,
             worker_crashes=self._worker_crashes,
             startup_failures=self._startup_failures,
+            waiting=len(self._room_waiters),
         )
 
     def workers(self) -> tuple[Worker, ...]:

@@ -642,3 +642,28 @@ async def test_json_codec_sends_targets_by_name_only() -> None:
                 await pool.call(TARGET + "echo", {1, 2})
             assert info.value.side == "parent"
             assert pool.statistics().workers[0].calls_completed == 2
+
+
+async def test_callers_waiting_for_room_are_admitted_first_come_first_served() -> None:
+    """With a full queue and queue_policy="wait", callers get in in the order they arrived:
+    a caller that arrives while others wait queues behind them, so none is starved."""
+    gate = new_gate("fifo")
+    order: list[int] = []
+    async with Pool(
+        min_workers=1, pipeline_depth=1, max_queue=1, queue_policy="wait", launcher=BridgeLauncher()
+    ) as pool:
+        with anyio.fail_after(scaled(20)):
+            async with anyio.create_task_group() as tg:
+
+                async def caller(i: int) -> None:
+                    order.append(await pool.call(echo, i))
+
+                tg.start_soon(pool.call, wait_for, "fifo")  # occupies the worker
+                await wait_until(lambda: pool.statistics().in_flight == 1, 10, "worker busy")
+                tg.start_soon(caller, 0)  # fills the queue
+                await wait_until(lambda: pool.statistics().queued == 1, 10, "queue full")
+                for i in range(1, 6):
+                    tg.start_soon(caller, i)
+                    await wait_until(lambda i=i: pool.statistics().waiting == i, 10, f"caller {i} waiting")  # type: ignore[misc]
+                gate.release.set()
+    assert order == [0, 1, 2, 3, 4, 5]
