@@ -11,6 +11,11 @@ await a worker, and cancellation of a caller can never leave a half-done write b
 Calls are answered in order, so the first call in ``_inflight`` is the one running; the
 rest were sent but have not started. When the process ends, only that first call can have
 run: it fails with a typed error, the others go back to the pool to be sent elsewhere.
+
+A :class:`WireTap` set on :attr:`Worker.tap` sees every chunk of raw bytes between the
+connection and the frame decoder (``received``) and between the writer and the connection
+(``sending``), and may delay, alter or withhold it. It exists for fault injection
+(``poolkit.testing.FaultInjector``); unset, it costs one ``is None`` test per chunk.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
     from ._config import PoolConfig
     from ._transport import Connection, Launcher
 
-__all__ = ["Worker", "WorkerOwner"]
+__all__ = ["WireTap", "Worker", "WorkerOwner"]
 
 _STDERR_TAIL = 20
 _ERROR_PHASES = {
@@ -74,6 +79,20 @@ class WorkerOwner(Protocol):
         self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None
     ) -> None:
         """The worker is gone. ``requeue``: calls sent to it that certainly never started."""
+
+
+class WireTap(Protocol):
+    """Sees the raw bytes of one worker's frame streams, chunk by chunk (not frame by frame).
+
+    ``received(data)``: bytes read from the worker, before the frame decoder;
+    ``sending(data)``: bytes about to be written to the worker. Each returns the bytes to pass
+    on in place of ``data`` (it may sleep first, to delay them); ``b""`` withholds the chunk.
+    The end of the stream is never shown to the tap. The handshake is read without the tap.
+    """
+
+    async def received(self, data: bytes) -> bytes: ...
+
+    async def sending(self, data: bytes) -> bytes: ...
 
 
 class Worker:
@@ -111,6 +130,7 @@ class Worker:
         self._scope = anyio.CancelScope()  # cancelled only by abort(): a launch that never returns
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         self._log = get_logger("poolkit.worker", worker_id=self.id)
+        self.tap: WireTap | None = None  # fault injection only (module docstring)
 
     # ---- what the pool reads -------------------------------------------------------------
     @property
@@ -360,6 +380,10 @@ class Worker:
             data = await receive()
             if not data:
                 return
+            if self.tap is not None:
+                data = await self.tap.received(data)
+                if not data:
+                    continue  # withheld by the tap
             try:
                 frames = feed(data)
             except proto.ProtocolViolation as exc:
@@ -479,7 +503,12 @@ class Worker:
                         chunks.append(rx.receive_nowait())
                     except anyio.WouldBlock:
                         break
-                await send(first if len(chunks) == 1 else b"".join(chunks))
+                data = first if len(chunks) == 1 else b"".join(chunks)
+                if self.tap is not None:
+                    data = await self.tap.sending(data)
+                    if not data:
+                        continue  # withheld by the tap
+                await send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # the process is gone; the reader sees the end of stream
 
