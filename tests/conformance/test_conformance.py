@@ -9,7 +9,16 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from poolkit import CallTimeout, Phase, PoolClosed, RemoteError, WorkerCrashed, WorkerState
+from poolkit import (
+    CallTimeout,
+    Phase,
+    PoolClosed,
+    RemoteError,
+    SerializationError,
+    WorkerCrashed,
+    WorkerSpec,
+    WorkerState,
+)
 from poolkit.testing import Layer, PoolFactory, ensure_pool_ready, scaled, targets, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -118,3 +127,27 @@ async def test_closing_drains_calls_in_flight(poolkit_pool_factory: PoolFactory)
 async def test_the_marker_narrows_layers(poolkit_layer: Layer) -> None:
     """poolkit_layers(...) on a test runs it only on the layers named."""
     assert poolkit_layer is Layer.SUBPROCESS
+
+
+async def test_handler_class_methods_are_targets_by_name(poolkit_pool_factory: PoolFactory) -> None:
+    """A configured handler class is built once per worker (setup ran once) and its methods are
+    called by name, keeping state between calls on the same worker."""
+    spec = WorkerSpec(handler="poolkit.testing.targets:Tally")
+    async with poolkit_pool_factory(min_workers=1, worker=spec) as pool:
+        with anyio.fail_after(scaled(10)):
+            assert await pool.call("add", 2) == 2
+            assert await pool.call("add", 5) == 7
+            assert await pool.call("setup_count") == 1
+
+
+async def test_a_result_that_cannot_be_encoded_is_a_worker_side_serialization_error(
+    poolkit_pool_factory: PoolFactory,
+) -> None:
+    """A result the worker cannot pickle fails the call with SerializationError(side="worker",
+    phase RETURNING); the worker keeps serving."""
+    async with poolkit_pool_factory(min_workers=1) as pool:
+        with anyio.fail_after(scaled(10)):
+            with pytest.raises(SerializationError) as info:
+                await pool.call(targets.unencodable)
+            assert info.value.side == "worker" and info.value.phase is Phase.RETURNING
+            assert await pool.call(targets.echo, "ok") == "ok"

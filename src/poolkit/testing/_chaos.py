@@ -847,15 +847,31 @@ async def _pick_busy(pool: Pool, rng: random.Random) -> Any:
 
 
 async def _corrupt_one(history: History, pool: Pool, faults: FaultInjector, rng: random.Random) -> None:
-    """Flip one bit of the next frame from a busy worker; wait until it is replaced."""
-    victim = await _pick_busy(pool, rng)
+    """Flip one bit of the next frame from a worker (a busy one if any); wait until it is replaced.
+
+    The scenario's own load may have finished by now, so this step brings its own traffic:
+    recorded echo calls with unique tokens keep coming until a frame from the victim has
+    really been corrupted (a fault that waits for traffic that never comes injects nothing).
+    """
+    await wait_until(lambda: bool(_serving(pool)), describe="a serving worker", pool=pool)
+    busy = [w for w in _serving(pool) if w.state is WorkerState.BUSY]
+    victim = rng.choice(busy or _serving(pool))
     async with faults.corrupt(victim, mode="flip", frames=1, seed=rng.getrandbits(32)) as handle:
         history.fault(f"corrupt the next frame from worker {victim.id}")
-        await wait_until(
-            lambda: bool(handle.records) or victim.state.is_terminal,
-            describe=f"a frame from worker {victim.id} to be corrupted",
-            pool=pool,
-        )
+        with anyio.fail_after(scaled(30)):  # the bound: traffic reaches every worker well before
+            async with anyio.create_task_group() as tg:
+                n = 0
+                while not (handle.records or victim.state.is_terminal):
+                    n += 1
+                    token = f"{history.scenario}:corrupt-traffic:{rng.getrandbits(32):08x}:{n}"
+                    tg.start_soon(lambda t=token: history.call(pool, _ECHO, t, expect=t))  # type: ignore[misc]
+                    with anyio.move_on_after(0.05):
+                        await wait_until(
+                            lambda: bool(handle.records) or victim.state.is_terminal,
+                            timeout=15,
+                            describe=f"a frame from worker {victim.id} to be corrupted",
+                            pool=pool,
+                        )
     await _wait_gone(pool, [victim.id], f"worker {victim.id} to be replaced after the corrupt frame")
 
 

@@ -164,6 +164,7 @@ class MockWorker(Worker):
         self._exited = anyio.Event()
         self._stopping = False
         self._targets: dict[str, Any] = {}
+        self._handler: Any = None
 
     # ---- the pool's requests ------------------------------------------------------------------
     def submit(self, call: Call) -> None:
@@ -216,6 +217,24 @@ class MockWorker(Worker):
                     self.id, pid=self.pid, reason=f"ImportError: {self._script.startup_error}", exit_code=3
                 )
                 return
+            spec = self._config.worker
+            if spec.handler is not None:  # built once per worker, as the real runtime does
+                try:
+                    self._handler = self._resolve(spec.handler)()
+                    setup = getattr(self._handler, "setup", None)
+                    if setup is not None:
+                        setup()
+                except Exception as exc:
+                    self.returncode = 3
+                    startup_error = WorkerStartupError(
+                        self.id,
+                        pid=self.pid,
+                        reason=f"{type(exc).__qualname__}: {exc}",
+                        remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                        remote_traceback="".join(traceback.format_exception(exc)),
+                        exit_code=3,
+                    )
+                    return
             self.handshake = {"pid": self.pid, "protocol": proto.PROTOCOL_VERSION, "runtime": "mock"}
             if self.fsm.can(WorkerEvent.HANDSHAKE):
                 self.fsm.fire(WorkerEvent.HANDSHAKE)
@@ -236,6 +255,9 @@ class MockWorker(Worker):
             while True:
                 while not self._todo:
                     if self._stopping:
+                        teardown = getattr(self._handler, "teardown", None)
+                        if teardown is not None:
+                            teardown()
                         self._exit(0)
                         return
                     self._wake = anyio.Event()
@@ -252,8 +274,6 @@ class MockWorker(Worker):
 
     async def _execute(self, call: Call) -> None:
         behaviour = self._script.behaviour_for(call.target_name)
-        kind = proto.FrameKind.RESULT
-        payload = b""
         try:
             target, args, kwargs = proto.decode_payload(call.payload, call.codec)[:3]
             self._script.calls.append(MockCall(self.id, call.target_name, tuple(args), dict(kwargs)))
@@ -271,26 +291,37 @@ class MockWorker(Worker):
                 result = self._resolve(target)(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-            payload = proto.encode_payload(result, call.codec)
         except FakeExit:
             raise
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
-            kind = proto.FrameKind.ERROR
-            info = {
-                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "message": str(exc),
-                "traceback": "".join(traceback.format_exception(exc)),
-                "phase": "running",
-            }
-            payload = json.dumps(info).encode()
-        codec = call.codec if kind is proto.FrameKind.RESULT else proto.Codec.JSON
-        self._on_frame(proto.Frame(kind, call.call_id, codec, payload))
+            self._reply_error(call, exc, "running")
+            return
+        try:
+            payload = proto.encode_payload(result, call.codec)
+        except Exception as exc:  # as the other layers: a result that cannot be encoded
+            self._reply_error(call, exc, "encoding")
+            return
+        self._on_frame(proto.Frame(proto.FrameKind.RESULT, call.call_id, call.codec, payload))
+
+    def _reply_error(self, call: Call, exc: BaseException, phase: str) -> None:
+        info = {
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+            "phase": phase,
+        }
+        frame = proto.Frame(proto.FrameKind.ERROR, call.call_id, proto.Codec.JSON, json.dumps(info).encode())
+        self._on_frame(frame)
 
     def _resolve(self, target: Any) -> Any:
         if not isinstance(target, str):
             return target
+        if ":" not in target:  # a method of the configured handler, as in the real runtime
+            if self._handler is None:
+                raise LookupError(f"target {target!r} names a handler method, but no handler is configured")
+            return getattr(self._handler, target)
         fn = self._targets.get(target)
         if fn is None:
             import importlib

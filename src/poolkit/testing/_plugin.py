@@ -44,6 +44,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "poolkit_layers(*layers): run this test only on these poolkit layers (mock, bridge, subprocess)",
     )
+    # We put subprocess-layer tests in an xdist group; register the marker so projects that
+    # run with --strict-markers but without pytest-xdist still collect them.
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist groups tests by this name")
 
 
 def _selected_layers(config: pytest.Config) -> list[Layer]:

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from ._context import FakeExit, in_process
 
 __all__ = [
+    "Tally",
     "add",
     "crash",
     "echo",
@@ -29,6 +30,7 @@ __all__ = [
     "grow_memory",
     "hang",
     "sleep",
+    "unencodable",
 ]
 
 
@@ -106,3 +108,29 @@ def grow_memory(megabytes: int) -> int:
         chunk[i] = 1
     _hoard.append(chunk)
     return sum(len(c) for c in _hoard) // (1024 * 1024)
+
+
+def unencodable() -> object:
+    """Return a value no codec can encode (a lock): the worker fails to send the result."""
+    import threading
+
+    return threading.Lock()
+
+
+class Tally:
+    """A handler class (``WorkerSpec(handler="poolkit.testing.targets:Tally")``): built once per
+    worker, ``setup()`` run at start; its methods are call targets by name (``"add"``)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.setups = 0
+
+    def setup(self) -> None:
+        self.setups += 1
+
+    def add(self, n: int) -> int:
+        self.total += n
+        return self.total
+
+    def setup_count(self) -> int:
+        return self.setups
