@@ -1,6 +1,7 @@
-"""Developer and CI entry points: ``nox -l`` lists them, ``nox`` runs lint, typecheck and tests.
+"""Developer and CI entry points: ``nox -l`` lists them, ``nox`` runs what CI runs.
 
-CI (``.ci/run``) runs ``nox -s lint typecheck tests``, the same line the README gives.
+CI (``.ci/run``) runs ``nox -s lint typecheck tests downstream chaos``, the same line the README
+gives.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import nox
 nox.needs_version = ">=2024.4.15"
 
 # Plain `nox` runs what CI runs.
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "downstream", "chaos"]
 # Reuse session venvs between local runs (much faster iteration). Every session still runs
 # `pip install` each time, so new or raised dependencies are picked up; only a dependency removed
 # from pyproject.toml lingers until `nox --reuse-venv=no` rebuilds. CI starts from a fresh clone
@@ -24,6 +25,8 @@ nox.options.reuse_venv = "yes"
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 LINT_PATHS = ["src", "tests", "examples", "noxfile.py"]
+DOWNSTREAM = ROOT / "examples" / "downstream"
+CHAOS_DIR = ROOT / "tests" / "chaos"
 # Forwarded to pytest when set: multiplies the tests' timeouts on slow machines (tests/_util.py).
 PASSTHROUGH_ENV = ["POOLKIT_TIMEOUT_FACTOR"]
 
@@ -44,6 +47,16 @@ def _pytest_env() -> dict[str, str]:
 
 def _pytest(session: nox.Session, *args: str) -> None:
     session.run("pytest", *args, *session.posargs, env=_pytest_env())
+
+
+def _run_pytest_requiring_tests(session: nox.Session, what: str, *args: str) -> None:
+    """Run pytest; exit code 5 ("no tests ran") fails the session with a message saying so."""
+    try:
+        session.run("pytest", *args, *session.posargs, env=_pytest_env())
+    except nox.command.CommandFailed as exc:
+        if getattr(exc, "return_code", None) == 5:
+            session.error(f"{what}: pytest collected no tests (exit code 5); that is a failure, not a pass")
+        raise
 
 
 # Both runs use xdist, so they pass --benchmark-disable: pytest-benchmark cannot time reliably under
@@ -111,3 +124,37 @@ def demo(session: nox.Session) -> None:
     """Run examples/demo.py against a real pool."""
     session.install("-e", ".")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def downstream(session: nox.Session) -> None:
+    """examples/downstream: a project depending on poolkit tests its own workers with the plugin.
+
+    poolkit is installed from this checkout (not editable: as a user gets it), then the example
+    with its test extra; its tests run from its own directory, with its own pytest config and
+    without anything from poolkit's tests/.
+    """
+    session.install(str(ROOT))
+    session.install(f"{DOWNSTREAM}[test]")
+    session.chdir(DOWNSTREAM)
+    # no cacheprovider: leave no .pytest_cache in the example's directory.
+    _run_pytest_requiring_tests(session, "downstream", "-p", "no:cacheprovider")
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """Chaos scenarios (tests/chaos, marker ``chaos``), one at a time, in a fixed order.
+
+    No xdist: each scenario runs 3-5 real worker processes under a few hundred concurrent calls
+    and asserts a recovery bound (back to min_workers within 15 s of the last fault). Two
+    scenarios at once on a 2-core machine would put ~10 workers and 2 test processes on 2 cores,
+    and a bound could then fail for a reason that is not the pool's. Serially the session takes
+    about a minute, and a failing scenario's output is one stream. ``-p no:randomly`` keeps the
+    order fixed if pytest-randomly is installed; ``--benchmark-disable`` as in the other runs.
+    """
+    if not CHAOS_DIR.is_dir() or not any(CHAOS_DIR.glob("test_*.py")):
+        session.error(f"{CHAOS_DIR.relative_to(ROOT)}/ has no test_*.py files: no chaos scenarios to run")
+    session.install("-e", ".[test]")
+    _run_pytest_requiring_tests(
+        session, "chaos", "tests/chaos", "-m", "chaos", "-p", "no:randomly", "--benchmark-disable"
+    )
