@@ -14,6 +14,9 @@ import pytest
 
 from _util import TESTS_DIR
 
+# pytester runs inner pytest sessions: how the harness plugin is tested as a user would run it.
+pytest_plugins = ["pytester"]
+
 
 def _put_tests_dir_on_pythonpath() -> None:
     entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -47,6 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # We put subprocess-layer tests in an xdist group; register the marker so projects that
     # run with --strict-markers but without pytest-xdist still collect them.
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist groups tests by this name")
+    _selected_layers(config)  # a bad --poolkit-layers is a usage error at startup, not mid-collection
 
 
 def _selected_layers(config: pytest.Config) -> list[Layer]:
