@@ -86,7 +86,7 @@ def test_leak_check_finds_tagged_processes_and_kill_tagged_spares_the_rest() -> 
     tag = unique_name("leak")
     check = LeakCheck(tag)
     check.start()
-    code = "import time; time.sleep(60)"
+    code = "import time; time.sleep(60)"  # sleep-ok: dummy processes to find and kill, not a wait
     with (
         subprocess.Popen([sys.executable, "-c", code], env={**os.environ, TAG_ENV: tag}) as tagged,
         subprocess.Popen([sys.executable, "-c", code]) as other,
