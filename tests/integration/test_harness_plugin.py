@@ -16,8 +16,8 @@ from poolkit.testing import TAG_ENV
 
 def _spawn_tagged(tag):
     env = {**os.environ, TAG_ENV: tag}
-    # sleep-ok: a dummy child that must outlive the test (the leak under test), not a wait
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env,
+    # a dummy child that must outlive the test (the leak under test), not a wait
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env,  # sleep-ok
                             start_new_session=True)
     with open(os.environ["POOLKIT_TEST_PIDFILE"], "a") as f:
         f.write(f"{proc.pid}\\n")
