@@ -34,18 +34,23 @@ class CallStatus(enum.Enum):
 class Call:
     __slots__ = (
         "admitted_at",
+        "attempt",
+        "avoid",
         "call_id",
         "codec",
         "deadline",
         "error",
         "event",
+        "idempotent",
         "payload",
         "result",
         "result_codec",
         "seq",
+        "session",
         "status",
         "target_name",
         "timeout",
+        "trials",
         "worker",
     )
 
@@ -57,6 +62,8 @@ class Call:
         *,
         timeout: float | None,
         deadline: float | None,
+        idempotent: bool = False,
+        session: Any = None,
     ) -> None:
         self.seq = next(_seq)  # pool-wide identity (call_id is per worker)
         self.admitted_at = 0.0
@@ -72,6 +79,11 @@ class Call:
         self.result: bytes | None = None
         self.result_codec = codec
         self.error: CallError | BaseException | None = None
+        self.attempt = 1  # 1 for the first try; retries count up
+        self.idempotent = idempotent  # the caller says running it twice is harmless
+        self.avoid: Worker | None = None  # a retry prefers any worker but this one
+        self.session = session  # the pool's binding record, for session calls
+        self.trials: tuple[Any, ...] = ()  # half-open circuit breakers this call is the trial of
 
     @property
     def ended(self) -> bool:
@@ -96,6 +108,17 @@ class Call:
         self.status = CallStatus.DONE
         self.error = error
         self.event.set()
+
+    def retry(self) -> None:
+        """Make a failed call ready to be queued again (the pool decided to retry it)."""
+        assert self.status is CallStatus.DONE and self.error is not None
+        self.avoid = self.worker
+        self.worker = None
+        self.status = CallStatus.QUEUED
+        self.error = None
+        self.call_id = 0
+        self.attempt += 1
+        self.event = anyio.Event()
 
     def abandon(self) -> None:
         """The caller is gone. Only the caller's own task calls this."""

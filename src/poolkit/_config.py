@@ -16,7 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._protocol import DEFAULT_MAX_FRAME_SIZE
 
-__all__ = ["PoolConfig", "WorkerSpec"]
+__all__ = [
+    "BreakerPolicy",
+    "PoolConfig",
+    "RecyclePolicy",
+    "RestartPolicy",
+    "RetryPolicy",
+    "SessionPolicy",
+    "WorkerSpec",
+]
+
+AffinityMode = Literal["hint", "strict_queue", "strict_fail_fast"]
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MODULE = re.compile(r"^[A-Za-z_][\w.]*$")
@@ -70,6 +80,94 @@ class WorkerSpec(BaseModel):
         return self
 
 
+class RetryPolicy(BaseModel):
+    """Retrying a failed call on another worker (see docs/recovery.md for which failures).
+
+    A call that may have started running is retried only if the caller passed
+    ``idempotent=True``; one that never reached a worker may always be. Attempt ``n`` (the
+    first retry is attempt 2) waits ``uniform(0, min(backoff_max, backoff_initial *
+    backoff_multiplier ** (n - 2)))`` ("full jitter": retries of many callers spread out
+    instead of arriving together), and never past the call's deadline.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(
+        default=3, ge=1, description="attempts in all, the first included; 1: never retry"
+    )
+    backoff_initial: float = Field(default=0.05, ge=0)
+    backoff_max: float = Field(default=2.0, ge=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    jitter: Literal["full", "none"] = "full"
+
+
+class BreakerPolicy(BaseModel):
+    """Circuit breakers, one for the pool and one per target: after ``failure_threshold``
+    failures in a row (a worker crashing, hanging or failing to start) the breaker opens and
+    calls fail fast with CircuitOpen; after ``reset_timeout`` it lets one trial call through
+    (half-open): a success closes it, a failure opens it again for twice as long (up to
+    ``max_reset_timeout``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, ge=1)
+    reset_timeout: float = Field(default=5.0, gt=0)
+    max_reset_timeout: float = Field(default=60.0, gt=0)
+
+
+class RestartPolicy(BaseModel):
+    """Replacing workers that died. The first replacement starts at once; each further one
+    in a row (no worker served a call in between) waits a jittered, doubling backoff. More
+    than ``max_restarts`` replacements within ``window`` seconds fail the pool (PoolFailed)
+    instead of crash-looping forever."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backoff_initial: float = Field(default=0.1, ge=0)
+    backoff_max: float = Field(default=5.0, ge=0)
+    max_restarts: int = Field(default=30, ge=1)
+    window: float = Field(default=60.0, gt=0)
+
+
+class RecyclePolicy(BaseModel):
+    """When to replace a healthy worker. Every limit is off by default, and each is
+    per worker. Jitter (a fraction) lowers each worker's own limit by a random part of it,
+    so workers started together do not recycle together.
+
+    Memory is the worker process's resident set size, measured in the worker and reported
+    with its heartbeat replies (so it needs heartbeats on): over ``max_memory`` the worker
+    finishes its calls and is replaced; over ``memory_limit`` it is killed at once and its
+    running call fails with WorkerMemoryExceeded (retried if idempotent).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_calls: int | None = Field(default=None, ge=1)
+    max_lifetime: float | None = Field(default=None, gt=0, description="seconds")
+    max_memory: int | None = Field(default=None, ge=1, description="bytes of RSS: recycle gracefully")
+    memory_limit: int | None = Field(default=None, ge=1, description="bytes of RSS: kill now")
+    jitter: float = Field(default=0.1, ge=0, lt=1)
+    session_drain_timeout: float = Field(
+        default=30.0, ge=0, description="a recycled worker keeps serving its sessions this long"
+    )
+
+
+class SessionPolicy(BaseModel):
+    """Session affinity. ``mode``: ``hint`` (prefer the session's worker; if it is busy or
+    gone, use another and count the session's state as lost), ``strict_queue`` (wait for the
+    session's worker), ``strict_fail_fast`` (raise SessionUnavailable when it is busy). In
+    strict modes a session whose worker is gone raises SessionLost. Sessions idle for
+    ``ttl`` seconds expire and their worker drops their state."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: AffinityMode = "hint"
+    ttl: float | None = Field(default=600.0, gt=0)
+    max_sessions: int = Field(default=100_000, ge=1, description="live sessions in the pool")
+    max_per_worker: int = Field(default=10_000, ge=1, description="live sessions bound to one worker")
+
+
 class PoolConfig(BaseModel):
     """Everything a :class:`~poolkit.Pool` needs. All durations are in seconds."""
 
@@ -99,11 +197,33 @@ class PoolConfig(BaseModel):
     max_startup_failures: int = Field(
         default=3, ge=1, description="consecutive startup failures before the pool fails"
     )
+    heartbeat_interval: float | None = Field(
+        default=5.0,
+        gt=0,
+        description="PING each worker this often; None turns heartbeats (and memory checks) off",
+    )
+    heartbeat_misses: int = Field(
+        default=2, ge=1, description="intervals of silence after which a worker is unresponsive"
+    )
+    idle_timeout: float = Field(
+        default=60.0, gt=0, description="workers above min_workers idle this long are retired"
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    recycle: RecyclePolicy = Field(default_factory=RecyclePolicy)
+    sessions: SessionPolicy = Field(default_factory=SessionPolicy)
 
     @model_validator(mode="after")
     def _check(self) -> PoolConfig:
         if self.max_workers is not None and self.max_workers < self.min_workers:
             raise ValueError(f"max_workers ({self.max_workers}) must be >= min_workers ({self.min_workers})")
+        memory = self.recycle.max_memory is not None or self.recycle.memory_limit is not None
+        if memory and self.heartbeat_interval is None:
+            raise ValueError(
+                "recycle.max_memory / recycle.memory_limit need heartbeats "
+                "(workers report their memory in heartbeat replies): set heartbeat_interval"
+            )
         return self
 
     @property

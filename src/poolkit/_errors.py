@@ -23,6 +23,7 @@ __all__ = [
     "CallCancelled",
     "CallError",
     "CallTimeout",
+    "CircuitOpen",
     "FailureKind",
     "PayloadTooLarge",
     "Phase",
@@ -31,10 +32,17 @@ __all__ = [
     "PoolFailed",
     "ProtocolError",
     "QueueFull",
+    "QueueTimeout",
     "RemoteError",
     "SerializationError",
+    "SessionError",
+    "SessionLost",
+    "SessionUnavailable",
     "WorkerCrashed",
+    "WorkerMemoryExceeded",
     "WorkerStartupError",
+    "WorkerUnresponsive",
+    "crash_cause",
 ]
 
 
@@ -50,18 +58,24 @@ class Phase(enum.Enum):
 
 
 class FailureKind(enum.Enum):
-    """What broke. The recovery table (issue 4) keys on this."""
+    """What broke. The recovery table (``poolkit._recovery.RECOVERY``) keys on this."""
 
-    TIMEOUT = "timeout"
-    CRASHED = "crashed"
-    PROTOCOL = "protocol"
-    SERIALIZATION = "serialization"
-    APPLICATION = "application"
+    TIMEOUT = "timeout"  # the call's deadline passed while it was with a worker
+    QUEUE_TIMEOUT = "queue_timeout"  # the deadline passed before any worker took the call
+    CRASHED = "crashed"  # the worker process died (exit code or signal)
+    UNRESPONSIVE = "unresponsive"  # the worker stopped answering heartbeats
+    PROTOCOL = "protocol"  # corrupt or unexpected bytes from the worker
+    SERIALIZATION = "serialization"  # arguments or result could not be encoded/decoded
+    APPLICATION = "application"  # the target raised
+    RESOURCE_EXHAUSTED = "resource_exhausted"  # the worker went over its memory limit
     PAYLOAD_TOO_LARGE = "payload_too_large"
-    STARTUP = "startup"
+    STARTUP = "startup"  # a worker could not start
     QUEUE_FULL = "queue_full"
     POOL_CLOSED = "pool_closed"
     POOL_FAILED = "pool_failed"
+    CIRCUIT_OPEN = "circuit_open"  # a circuit breaker is failing calls fast
+    SESSION_UNAVAILABLE = "session_unavailable"  # the session's worker is busy, or no room for it
+    SESSION_LOST = "session_lost"  # the session's worker is gone, and its state with it
     CANCELLED = "cancelled"
 
 
@@ -133,19 +147,22 @@ class WorkerStartupError(PoolError):
 
 
 class PoolFailed(PoolError):
-    """The pool gave up: workers kept failing to start past the restart budget.
+    """The pool gave up: workers kept failing to start, or kept dying past the restart budget.
 
-    ``cause`` is the last startup error; new calls fail fast with this error instead of
-    waiting on a pool that cannot serve them.
+    ``cause`` is the last failure; new calls fail fast with this error instead of waiting on
+    a pool that cannot serve them. ``reason`` says which limit was hit.
     """
 
     kind = FailureKind.POOL_FAILED
 
-    def __init__(self, pool: str, failures: int, cause: BaseException | None) -> None:
+    def __init__(
+        self, pool: str, failures: int, cause: BaseException | None, *, reason: str | None = None
+    ) -> None:
         self.pool = pool
         self.failures = failures
         self.cause = cause
-        msg = f"pool {pool!r} has failed after {failures} consecutive worker startup failures"
+        self.reason = reason or f"{failures} consecutive worker startup failures"
+        msg = f"pool {pool!r} has failed after {self.reason}"
         if cause is not None:
             msg += f"; last: {cause}"
         super().__init__(msg)
@@ -187,6 +204,20 @@ class CallTimeout(CallError, TimeoutError):
         super().__init__(f"deadline of {timeout:g}s exceeded", **kw)  # type: ignore[arg-type]
 
 
+class QueueTimeout(CallTimeout):
+    """The deadline passed before any worker took the call: it never left the parent.
+
+    A subclass of :class:`CallTimeout` (``except CallTimeout`` catches both); its own kind
+    says the pool was saturated rather than the call slow.
+    """
+
+    kind = FailureKind.QUEUE_TIMEOUT
+
+    def __init__(self, timeout: float, **kw: object) -> None:
+        kw.setdefault("phase", Phase.QUEUED)
+        super().__init__(timeout, **kw)
+
+
 class CallCancelled(CallError):
     """Internal marker for a call ended by cancellation; callers see their own cancellation."""
 
@@ -197,7 +228,8 @@ class WorkerCrashed(CallError):
     """The worker process died while it held this call.
 
     ``exit_code`` is the process's exit status (None if killed by a signal); ``signal`` the
-    signal number that killed it (None for an ordinary exit).
+    signal number that killed it (None for an ordinary exit); ``cause`` names it (see
+    :func:`crash_cause`: ``segfault``, ``abort``, ``killed`` -- often the OOM killer --, ...).
     """
 
     kind = FailureKind.CRASHED
@@ -213,14 +245,136 @@ class WorkerCrashed(CallError):
         self.exit_code = exit_code
         self.signal = signal
         self.stderr_tail = stderr_tail
+        self.cause = crash_cause(exit_code, signal)
         if signal is not None:
             how = _describe_exit(-signal)
         else:
             how = _describe_exit(exit_code) if exit_code is not None else "exit status unknown"
-        msg = f"worker process died ({how})"
+        hint = _CAUSE_HINTS.get(self.cause)
+        msg = f"worker process died ({how}{': ' + hint if hint else ''})"
         if stderr_tail:
             msg += "; last stderr: " + stderr_tail.strip().splitlines()[-1][:300]
         super().__init__(msg, **kw)  # type: ignore[arg-type]
+
+
+_CAUSE_HINTS = {
+    "segfault": "a segmentation fault, usually in native code",
+    "abort": "aborted, usually a failed assertion in native code",
+    "killed": "SIGKILL, from the kernel's out-of-memory killer or a kill -9",
+}
+
+
+_SIGNAL_CAUSES: dict[int, str] = {
+    int(_signal.SIGSEGV): "segfault",
+    int(_signal.SIGBUS): "segfault",
+    int(_signal.SIGABRT): "abort",
+    int(_signal.SIGKILL): "killed",
+    int(_signal.SIGTERM): "terminated",
+}
+
+
+def crash_cause(exit_code: int | None, signal: int | None) -> str:
+    """Name how a process died, from its exit code or signal: ``segfault``, ``abort``,
+    ``killed`` (SIGKILL: the kernel's OOM killer, or someone), ``terminated`` (SIGTERM),
+    ``signal`` (another signal), ``exit`` (a non-zero exit), ``clean`` (exit 0), ``unknown``.
+
+    Shell-style codes (128 + signal: 139, 134, 137) count as the signal, because wrappers
+    and containers report a signal death that way."""
+    if signal is None and exit_code is not None and exit_code > 128 and exit_code - 128 < 65:
+        signal = exit_code - 128
+    if signal is not None:
+        return _SIGNAL_CAUSES.get(signal, "signal")
+    if exit_code is None:
+        return "unknown"
+    return "clean" if exit_code == 0 else "exit"
+
+
+class WorkerUnresponsive(CallError):
+    """The worker stopped answering heartbeats (frozen, stuck in C code holding the GIL, or
+    cut off), so the pool killed it. ``silent_for`` is how long nothing was heard from it."""
+
+    kind = FailureKind.UNRESPONSIVE
+
+    def __init__(self, *, silent_for: float, interval: float, **kw: object) -> None:
+        self.silent_for = silent_for
+        self.interval = interval
+        super().__init__(
+            f"worker unresponsive: no heartbeat reply for {silent_for:.3g}s "
+            f"(heartbeat_interval={interval:g}s); it was killed",
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+class WorkerMemoryExceeded(CallError):
+    """The worker's resident memory (measured in the worker process) went over
+    ``recycle.memory_limit`` while this call held it, so the pool killed it."""
+
+    kind = FailureKind.RESOURCE_EXHAUSTED
+
+    def __init__(self, *, rss: int, limit: int, **kw: object) -> None:
+        self.rss = rss
+        self.limit = limit
+        super().__init__(
+            f"worker memory {rss / 2**20:.1f} MiB exceeded memory_limit {limit / 2**20:.1f} MiB; it was killed",
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+class CircuitOpen(CallError):
+    """A circuit breaker is open: recent calls (to this target, or to the whole pool) kept
+    crashing workers, so this call fails fast instead of crashing another one.
+
+    ``scope`` is the target name, or ``"pool"``; ``retry_after`` the seconds until the breaker
+    lets a trial call through. The call never left the parent (phase QUEUED).
+    """
+
+    kind = FailureKind.CIRCUIT_OPEN
+
+    def __init__(self, scope: str, *, retry_after: float, failures: int, **kw: object) -> None:
+        self.scope = scope
+        self.retry_after = retry_after
+        self.failures = failures
+        kw.setdefault("phase", Phase.QUEUED)
+        super().__init__(
+            f"circuit breaker for {scope} is open after {failures} failures; "
+            f"trial call allowed in {max(retry_after, 0):.3g}s",
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+class SessionError(CallError):
+    """Base of the session affinity errors; ``key`` is the session's key."""
+
+    def __init__(self, message: str, *, key: object, **kw: object) -> None:
+        self.key = key
+        super().__init__(f"session {key!r}: {message}", **kw)  # type: ignore[arg-type]
+
+
+class SessionUnavailable(SessionError):
+    """A session call could not be served now: its worker is busy (mode
+    ``strict_fail_fast``), or no worker has room for another session (``reason="limit"``).
+    The call never left the parent."""
+
+    kind = FailureKind.SESSION_UNAVAILABLE
+
+    def __init__(self, message: str, *, key: object, reason: str, **kw: object) -> None:
+        self.reason = reason
+        kw.setdefault("phase", Phase.QUEUED)
+        super().__init__(message, key=key, **kw)
+
+
+class SessionLost(SessionError):
+    """The session's worker is gone (it crashed, was recycled, or the session expired), and
+    the per-session state it held is gone with it. Strict affinity modes raise this rather
+    than run the call on a worker that does not have the state; end the session (or let it
+    expire) and start a new one."""
+
+    kind = FailureKind.SESSION_LOST
+
+    def __init__(self, message: str, *, key: object, reason: str, **kw: object) -> None:
+        self.reason = reason
+        kw.setdefault("phase", Phase.QUEUED)
+        super().__init__(message, key=key, **kw)
 
 
 class SerializationError(CallError):

@@ -18,15 +18,22 @@ from ._errors import FailureKind, Phase
 from ._state import PoolState, WorkerState
 
 __all__ = [
+    "BreakerStateChanged",
     "CallCompleted",
     "CallDispatched",
     "CallFailed",
     "CallQueued",
     "CallRequeued",
+    "CallRetried",
     "Event",
     "Listener",
     "PoolStateChanged",
+    "SessionBound",
+    "SessionEnded",
+    "SessionRebound",
+    "SessionStateLost",
     "WorkerExited",
+    "WorkerRecycled",
     "WorkerStateChanged",
 ]
 
@@ -58,7 +65,17 @@ class WorkerExited(Event):
     worker_id: str
     pid: int | None
     returncode: int | None
-    expected: bool  # True when the pool asked it to stop or killed it
+    expected: bool  # True when the pool asked it to stop, or retired it
+    failure: FailureKind | None = None  # why, when it was a fault: crashed, unresponsive, ...
+    cause: str = ""  # how it died: segfault, abort, killed, exit, clean, ... (crash_cause)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecycled(Event):
+    """The pool retired a healthy worker; a replacement takes its place."""
+
+    worker_id: str
+    reason: str  # calls | lifetime | memory | generation | idle
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +117,60 @@ class CallFailed(Event):
     phase: Phase
     error: str
     duration: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CallRetried(Event):
+    """A failed call is sent again (after ``delay`` seconds of backoff) as attempt ``attempt``."""
+
+    call: int
+    target: str
+    worker_id: str | None  # the worker the failed attempt was on
+    attempt: int  # the attempt about to be made (2 for the first retry)
+    delay: float
+    kind: FailureKind  # what failed the previous attempt
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerStateChanged(Event):
+    scope: str  # "pool" or a target name
+    from_state: str  # closed | open | half_open
+    to_state: str
+    failures: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SessionBound(Event):
+    key: str | int
+    worker_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRebound(Event):
+    """A ``hint`` session moved to another worker; the state its old worker held is lost."""
+
+    key: str | int
+    from_worker: str | None
+    worker_id: str
+    reason: str  # busy | worker_gone
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SessionStateLost(Event):
+    """The worker a session was bound to is gone (crashed, killed, recycled)."""
+
+    key: str | int
+    worker_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEnded(Event):
+    """A session was dropped (and its worker told to drop its state)."""
+
+    key: str | int
+    worker_id: str | None
+    reason: str  # closed | expired
 
 
 Listener = Callable[[Event], None]

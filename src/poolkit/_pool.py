@@ -12,6 +12,15 @@ when full), dispatches, then waits for its event under one deadline that covers 
 and run. On timeout or cancellation, :meth:`Pool._abandon` takes it out of the queue, or
 asks its worker to skip it, or kills the worker that is running it (the only way to stop
 running Python code); the pool replaces the worker and sends its other calls elsewhere.
+
+Recovery (``_recovery``): a failed attempt is looked up in the recovery table; the caller's
+task retries it after a backoff when the table, the call (idempotent, or never reached a
+worker), the attempt limit and the deadline all allow. Circuit breakers (the pool's and one
+per target) and the restart budget are fed from the same outcomes.
+
+Time (``_clock``): one housekeeping task sleeps on the pool's clock until the next thing
+is due -- a heartbeat round, a delayed restart, a session TTL, an idle timeout, a lifetime
+-- and does it. With ``poolkit.testing.ManualClock`` nothing happens until a test advances it.
 """
 
 from __future__ import annotations
@@ -19,19 +28,25 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import heapq
 import itertools
+import math
+import random
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from . import _protocol as proto
 from ._call import Call, CallStatus, describe_target
+from ._clock import Clock, SystemClock
 from ._config import PoolConfig
 from ._errors import (
     CallTimeout,
+    CircuitOpen,
     FailureKind,
     PayloadTooLarge,
     Phase,
@@ -39,23 +54,38 @@ from ._errors import (
     PoolError,
     PoolFailed,
     QueueFull,
+    QueueTimeout,
     SerializationError,
+    SessionLost,
+    SessionUnavailable,
+    WorkerMemoryExceeded,
     WorkerStartupError,
+    WorkerUnresponsive,
+    crash_cause,
 )
 from ._events import (
+    BreakerStateChanged,
     CallCompleted,
     CallDispatched,
     CallFailed,
     CallQueued,
     CallRequeued,
+    CallRetried,
     Event,
     Listener,
     PoolStateChanged,
+    SessionBound,
+    SessionEnded,
+    SessionRebound,
+    SessionStateLost,
     WorkerExited,
+    WorkerRecycled,
     WorkerStateChanged,
 )
 from ._log import get_logger
+from ._recovery import RECOVERY, BreakerState, CircuitBreaker, RestartBudget, restart_delay, retry_delay
 from ._scheduler import Scheduler
+from ._session import AffinityMode, Binding, PoolSession, check_key, check_mode
 from ._state import PoolEvent, PoolState, PoolStateMachine, Transition, WorkerEvent, WorkerState
 from ._transport import Launcher, SubprocessLauncher
 from ._worker import Worker, WorkerOwner
@@ -65,6 +95,14 @@ WorkerFactory = Callable[[WorkerOwner, PoolConfig, Launcher, str], Worker]
 __all__ = ["Pool", "PoolStatistics", "WorkerInfo"]
 
 _pool_ids = itertools.count(1)
+_CLOSED = BreakerState.CLOSED
+_LIVE = frozenset({WorkerState.SPAWNING, WorkerState.STARTING, WorkerState.READY, WorkerState.BUSY})
+_HEARTBEAT = frozenset({WorkerState.READY, WorkerState.BUSY, WorkerState.RETIRING, WorkerState.DRAINING})
+# Outcomes that say how the worker fared with the call (the breakers' verdicts); the others
+# (cancelled, timed out, closed) say nothing about it.
+_VERDICT = frozenset({FailureKind.APPLICATION, FailureKind.SERIALIZATION, FailureKind.PAYLOAD_TOO_LARGE})
+_BLOCK = object()  # _route_session: no worker can take it now; stop dispatching
+_HANDLED = object()  # _route_session: the call was parked or failed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +131,13 @@ class PoolStatistics:
     worker_crashes: int
     startup_failures: int
     waiting: int = 0  # callers waiting for room in a full queue (queue_policy="wait")
+    retries: int = 0  # attempts re-sent after a failure
+    recycled: int = 0  # workers retired while healthy (calls, lifetime, memory, generation, idle)
+    unresponsive: int = 0  # workers killed because heartbeats stopped
+    sessions: int = 0  # live sessions
+    breaker: str = "closed"  # the pool's circuit breaker
+    open_breakers: tuple[str, ...] = ()  # targets whose breaker is not closed
+    generation: int = 0
 
     def workers_in(self, state: WorkerState) -> int:
         return sum(1 for w in self.workers if w.state is state)
@@ -105,6 +150,8 @@ class Pool:
     :class:`PoolConfig` fields. ``launcher`` replaces how worker processes are started and
     ``worker_factory`` the worker handle itself: ``poolkit.testing`` runs the same pool over
     in-process fake workers (bridge layer) and scripted workers (mock layer) this way.
+    ``clock`` is what every time-based behaviour reads (see :mod:`poolkit._clock`); ``rng``
+    draws the jitter of backoffs and recycling limits (seed it for reproducible tests).
     """
 
     def __init__(
@@ -114,6 +161,8 @@ class Pool:
         *,
         launcher: Launcher | None = None,
         worker_factory: WorkerFactory | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
         **overrides: Any,
     ) -> None:
         if config is None:
@@ -141,6 +190,25 @@ class Pool:
         self._in_context = False
         self.task_group: anyio.abc.TaskGroup | None = None
         self._log = get_logger("poolkit.pool", pool=self.name)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = rng if rng is not None else random.Random()
+        # recovery
+        self._breaker = CircuitBreaker("pool", config.breaker, self._on_breaker)
+        self._target_breakers: dict[str, CircuitBreaker] = {}
+        self._budget = RestartBudget(config.restart)
+        self._consecutive_failures = 0  # worker failures with no call served in between
+        self._last_worker_error: BaseException | None = None
+        # sessions, recycling and timers
+        self._sessions: dict[str | int, Binding] = {}
+        self._session_waiting = 0  # calls waiting behind their session's current call
+        self._generation = 0
+        self._pending_spawns: list[float] = []  # clock times of delayed (backed-off) restarts
+        self._wakeups: list[float] = []  # heap of clock times the housekeeper must wake at
+        self._sleep: tuple[anyio.CancelScope, float] | None = None
+        self._next_beat = math.inf
+        self._session_due = math.inf
+        self._idle_due = math.inf
+        self._housekeeper_scope: anyio.CancelScope | None = None
         # counters for statistics()
         self._completed = 0
         self._failed = 0
@@ -149,6 +217,10 @@ class Pool:
         self._worker_starts = 0
         self._worker_crashes = 0
         self._startup_failures = 0
+        self._retries = 0
+        self._retrying = 0  # calls between attempts (in their backoff)
+        self._recycled = 0
+        self._unresponsive = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
@@ -177,6 +249,8 @@ class Pool:
         self._fsm.fire(PoolEvent.START)
         self._exit_stack = contextlib.AsyncExitStack()
         self.task_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        self._housekeeper_scope = anyio.CancelScope()
+        self.task_group.start_soon(self._housekeeper, name=f"poolkit housekeeper {self.name}")
         for _ in range(self.config.min_workers):
             self._spawn()
         try:
@@ -224,12 +298,16 @@ class Pool:
         try:
             if drain:
                 with anyio.move_on_after(self.config.drain_timeout):
-                    await self._wait_for(lambda: not self._queue and not self._in_flight())
+                    await self._wait_for(
+                        lambda: not self._pending() and not self._in_flight() and not self._retrying
+                    )
         finally:
             # Whatever happened to the drain (timeout, cancellation), the rest always runs:
             # nothing may be left running once aclose() returns or is cancelled.
             with anyio.CancelScope(shield=True):
                 await self._stop_workers()
+            if self._housekeeper_scope is not None:
+                self._housekeeper_scope.cancel()
             self._fsm.fire(PoolEvent.CLOSED)
             self._notify_changed()
             self._log.debug("pool closed")
@@ -244,9 +322,15 @@ class Pool:
 
     async def _stop_workers(self) -> None:
         self._hard_closing = True
-        for call in list(self._queue):
+        self._pending_spawns.clear()
+        for call in self._queued_calls():
             call.fail(PoolClosed(self.name, phase=Phase.QUEUED, detail="closed before the call was sent"))
         self._queue.clear()
+        for worker in self._workers.values():
+            worker.parked.clear()
+        for binding in self._sessions.values():
+            self._session_waiting -= len(binding.waiting)
+            binding.waiting.clear()
         for worker in list(self._workers.values()):
             if worker.load:
                 worker.kill(
@@ -272,21 +356,65 @@ class Pool:
 
     # ---- calls -------------------------------------------------------------------------------
     async def call(
-        self, target: str | Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        target: str | Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        session: str | int | PoolSession | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Run ``target(*args, **kwargs)`` in a worker and return its result.
 
         ``target``: ``"pkg.mod:func"``, a method name of the configured handler, or (pickle
         codec) a module-level callable, sent by reference. ``timeout`` (default: the config's
-        ``default_timeout``) is one deadline for queue wait and run. To pass the target a
-        keyword argument named ``timeout``, wrap it with ``functools.partial``.
+        ``default_timeout``) is one deadline for queue wait, run and any retries.
+        ``idempotent=True`` says running the call twice is harmless, so a call that failed
+        after it may have started (its worker crashed, hung or ran out of memory) is retried
+        on another worker; a call that never reached a worker is retried either way
+        (``config.retry``, docs/recovery.md). ``session``: a key or a :meth:`session` handle;
+        the call goes to that session's worker and the target receives ``session=``.
+        To pass the target keyword arguments named ``timeout``, ``idempotent`` or
+        ``session``, wrap it with ``functools.partial``.
 
         Raises a :class:`~poolkit.PoolError` subclass saying what went wrong and how far the
         call got; cancelling the caller removes or stops the call (see ``docs/errors.md``).
         """
-        call = self._make_call(target, args, kwargs, timeout)
+        call = self._make_call(target, args, kwargs, timeout, idempotent=idempotent, session=session)
         await self._admit(call)
         return await self._result(call)
+
+    def session(self, key: str | int, *, mode: AffinityMode | None = None) -> PoolSession:
+        """A handle on session ``key``: its calls run on one worker, in order, one at a time,
+        and the target receives ``session=`` (state it keeps between them). ``mode``
+        (default ``config.sessions.mode``) says what happens when that worker is busy or gone:
+        see :class:`~poolkit.SessionPolicy`. ``async with pool.session(key) as s:`` ends the
+        session on exit, so the worker drops its state at once."""
+        check_key(key)
+        return PoolSession(self, key, check_mode(mode or self.config.sessions.mode))
+
+    def end_session(self, key: str | int, *, _handle: PoolSession | None = None) -> None:
+        """End session ``key`` now (after its calls in hand): the worker drops its state.
+        A later call with the key starts a new, empty session. Unknown keys are ignored."""
+        binding = self._sessions.get(key)
+        if binding is None or (_handle is not None and _handle.binding is not binding):
+            return
+        if binding.idle:
+            self._drop_session(binding, "closed")
+        else:
+            binding.closing = True
+
+    def recycle_all(self) -> int:
+        """Replace every worker, lazily and without failing a call: each finishes what it
+        holds (and serves its sessions up to ``recycle.session_drain_timeout``) while its
+        replacement starts. Returns the new generation number."""
+        self._check_open()
+        self._generation += 1
+        for worker in list(self._workers.values()):
+            if worker.generation < self._generation:
+                self._retire(worker, "generation")
+        return self._generation
 
     def map(
         self,
@@ -319,7 +447,14 @@ class Pool:
         return MapIterator(self, target, (tuple(args) for args in iterable), concurrency, timeout)
 
     def _make_call(
-        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        self,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        *,
+        idempotent: bool = False,
+        session: str | int | PoolSession | None = None,
     ) -> Call:
         self._check_open()
         name = describe_target(target)
@@ -332,8 +467,13 @@ class Pool:
             )
         if not isinstance(target, str) and not callable(target):
             raise TypeError(f"target must be a string or a callable, not {type(target).__name__}")
+        binding: Binding | None = None
+        request: list[Any] = [target, list(args), kwargs]
+        if session is not None:
+            binding = self._binding_for(session, name)
+            request.append(binding.key)
         try:
-            payload = proto.encode_payload([target, list(args), kwargs], self._codec)
+            payload = proto.encode_payload(request, self._codec)
         except (Exception, SystemExit) as exc:
             raise SerializationError(
                 f"could not encode the call: {type(exc).__name__}: {exc}",
@@ -349,7 +489,77 @@ class Pool:
         elif timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         deadline = anyio.current_time() + timeout if timeout is not None else None
-        return Call(name, payload, self._codec, timeout=timeout, deadline=deadline)
+        call = Call(name, payload, self._codec, timeout=timeout, deadline=deadline, idempotent=idempotent)
+        if self._breaker.state is not _CLOSED or self._target_breakers:
+            call.trials = self._check_breakers(name)
+        call.session = binding
+        return call
+
+    def _check_breakers(self, name: str) -> tuple[CircuitBreaker, ...]:
+        """Fail fast if the pool's or the target's breaker is open; in half-open, make this
+        call the trial (returned, so its outcome closes or re-opens the breaker)."""
+        now = self.clock.now()
+        trials: list[CircuitBreaker] = []
+        for breaker in (self._breaker, self._target_breakers.get(name)):
+            if breaker is None or breaker.state is _CLOSED:
+                continue
+            if not breaker.allow(now):
+                for taken in trials:
+                    taken.release()
+                raise CircuitOpen(
+                    breaker.scope,
+                    retry_after=breaker.retry_after(now),
+                    failures=breaker.failures,
+                    target=name,
+                )
+            if breaker.state is BreakerState.HALF_OPEN:
+                trials.append(breaker)
+        return tuple(trials)
+
+    def _binding_for(self, session: str | int | PoolSession, name: str) -> Binding:
+        handle = session if isinstance(session, PoolSession) else None
+        if handle is not None:
+            if handle.pool is not self:
+                raise ValueError("this session handle belongs to another pool")
+            if handle.closed:
+                raise RuntimeError(f"session {handle.key!r} was closed; open a new one with pool.session()")
+            key, mode = handle.key, handle.mode
+        else:
+            key, mode = check_key(session), self.config.sessions.mode
+        binding = self._sessions.get(key)
+        if binding is None:
+            rebinds = 0
+            old = handle.binding if handle is not None else None
+            if old is not None and old.ended == "expired":
+                if mode != "hint":
+                    raise SessionLost(
+                        "it expired (idle past sessions.ttl) and its state is gone",
+                        key=key,
+                        reason="expired",
+                        target=name,
+                    )
+                rebinds = old.rebinds + 1
+            limit = self.config.sessions.max_sessions
+            if len(self._sessions) >= limit:
+                raise SessionUnavailable(
+                    f"the pool already holds sessions.max_sessions={limit} sessions",
+                    key=key,
+                    reason="limit",
+                    target=name,
+                )
+            binding = self._sessions[key] = Binding(key, mode, self.clock.now(), rebinds)
+        if handle is not None:
+            handle.binding = binding
+        if binding.lost is not None and binding.mode != "hint":
+            raise SessionLost(
+                f"its worker is gone ({binding.lost}), and its state with it; end the session to start over",
+                key=key,
+                reason=binding.lost,
+                target=name,
+            )
+        if binding.mode == "strict_fail_fast" and not binding.idle:
+            raise SessionUnavailable("busy with an earlier call", key=key, reason="busy", target=name)
+        return binding
 
     def _check_open(self) -> None:
         if self._failure is not None and self._fsm.state is PoolState.FAILED:
@@ -364,12 +574,22 @@ class Pool:
         queues behind them even if a slot is free right now, so no early caller is starved
         by later ones racing for each freed slot.
         """
-        queue = self._queue
         if self._room_waiters or not self._has_room():
-            if self.config.queue_policy == "reject":
-                raise QueueFull(self.name, self.config.max_queue)
-            await self._wait_for_room(call)
-        queue.append(call)
+            try:
+                if self.config.queue_policy == "reject":
+                    raise QueueFull(self.name, self.config.max_queue)
+                await self._wait_for_room(call)
+            except BaseException:
+                self._end_trials(call, None)
+                raise
+        binding = call.session
+        if binding is None or binding.current is None:
+            if binding is not None:
+                binding.current = call
+            self._queue.append(call)
+        else:  # behind an earlier call of its session: waits its turn there
+            binding.waiting.append(call)
+            self._session_waiting += 1
         call.admitted_at = anyio.current_time()
         if self._listeners:
             self._emit(
@@ -378,12 +598,53 @@ class Pool:
         self._dispatch()
 
     async def _result(self, call: Call) -> Any:
-        """Wait for ``call`` to end; return its value or raise its error.
+        """Wait for ``call`` to end, retrying it as the recovery table allows; return its
+        value or raise its error.
 
         Every path out of here settles the call exactly once in the statistics and the event
-        stream (CallCompleted or CallFailed), which is what the harness's history checker
-        verifies.
+        stream (CallCompleted or CallFailed; CallRetried in between), which is what the
+        harness's history checker verifies.
         """
+        try:
+            while True:
+                value, error = await self._outcome(call)
+                if error is None:
+                    self._completed += 1
+                    self._succeeded(call)
+                    if self._listeners:
+                        worker = call.worker
+                        now = anyio.current_time()
+                        self._emit(
+                            CallCompleted(
+                                pool=self.name,
+                                at=now,
+                                call=call.seq,
+                                target=call.target_name,
+                                worker_id=worker.id if worker else None,
+                                duration=now - call.admitted_at,
+                            )
+                        )
+                    return value
+                self._end_trials(call, error)
+                delay = self._retry_delay(call, error)
+                if delay is None:
+                    if error.kind is FailureKind.TIMEOUT or error.kind is FailureKind.QUEUE_TIMEOUT:
+                        self._timed_out += 1
+                    else:
+                        self._failed += 1
+                    if self._listeners:
+                        self._emit_failed(
+                            call, error.kind, getattr(error, "phase", Phase.QUEUED), str(error).split("\n")[0]
+                        )
+                    raise error
+                await self._retry(call, error, delay)
+        finally:
+            if call.session is not None:
+                self._session_release(call)
+
+    async def _outcome(self, call: Call) -> tuple[Any, PoolError | None]:
+        """One attempt: wait for the call's event under its deadline; (value, None) or
+        (None, error). Cancellation of the caller is settled here and re-raised."""
         try:
             if call.deadline is None:
                 await call.event.wait()
@@ -396,58 +657,150 @@ class Pool:
                 if self._listeners:
                     self._emit_failed(call, FailureKind.CANCELLED, call.phase, "cancelled by the caller")
                 self._abandon(call, stop_running=True)
+                self._end_trials(call, None)
             raise
         worker = call.worker
-        error: PoolError | None
         if not call.ended:
-            self._timed_out += 1
-            error = CallTimeout(
+            phase = call.phase
+            kind = QueueTimeout if phase is Phase.QUEUED else CallTimeout
+            error: PoolError = kind(
                 call.timeout or 0.0,
-                phase=call.phase,
+                phase=phase,
                 worker_id=worker.id if worker else None,
                 pid=worker.pid if worker else None,
                 target=call.target_name,
             )
             self._abandon(call, stop_running=True)
-        elif call.error is not None:
-            self._failed += 1
-            error = call.error if isinstance(call.error, PoolError) else None
-            if error is None:
+            return None, error
+        if call.error is not None:
+            if not isinstance(call.error, PoolError):
                 raise call.error
-        else:
-            assert call.result is not None
-            try:
-                value = proto.decode_payload(call.result, call.result_codec)
-            except (Exception, SystemExit) as exc:
-                self._failed += 1
-                error = SerializationError(
-                    f"could not decode the result: {type(exc).__name__}: {exc}",
-                    side="parent",
-                    phase=Phase.RETURNING,
-                    worker_id=worker.id if worker else None,
-                    pid=worker.pid if worker else None,
-                    target=call.target_name,
-                )
-                error.__cause__ = exc
-            else:
-                self._completed += 1
-                if self._listeners:
-                    self._emit(
-                        CallCompleted(
-                            pool=self.name,
-                            at=anyio.current_time(),
-                            call=call.seq,
-                            target=call.target_name,
-                            worker_id=worker.id if worker else None,
-                            duration=anyio.current_time() - call.admitted_at,
-                        )
-                    )
-                return value
-        if self._listeners:
-            self._emit_failed(
-                call, error.kind, getattr(error, "phase", Phase.QUEUED), str(error).split("\n")[0]
+            return None, call.error
+        assert call.result is not None
+        try:
+            return proto.decode_payload(call.result, call.result_codec), None
+        except (Exception, SystemExit) as exc:
+            error = SerializationError(
+                f"could not decode the result: {type(exc).__name__}: {exc}",
+                side="parent",
+                phase=Phase.RETURNING,
+                worker_id=worker.id if worker else None,
+                pid=worker.pid if worker else None,
+                target=call.target_name,
             )
-        raise error
+            error.__cause__ = exc
+            return None, error
+
+    def _succeeded(self, call: Call) -> None:
+        """A call came back: the worker and the target are healthy (breakers, restart pacing)."""
+        self._consecutive_failures = 0
+        breaker = self._breaker
+        if breaker.failures or breaker.state is not _CLOSED:
+            breaker.success()
+        if self._target_breakers:
+            target_breaker = self._target_breakers.get(call.target_name)
+            if target_breaker is not None:
+                target_breaker.success()
+        call.trials = ()
+
+    def _end_trials(self, call: Call, error: PoolError | None) -> None:
+        """Feed a failed (or abandoned: ``error`` None) attempt to the breakers."""
+        kind = error.kind if error is not None else None
+        trips = kind is not None and RECOVERY[kind].trips_breaker
+        if kind is not None and self.config.breaker.enabled and trips:
+            breaker = self._target_breakers.get(call.target_name)
+            if breaker is None:
+                breaker = CircuitBreaker(call.target_name, self.config.breaker, self._on_breaker)
+                self._target_breakers[call.target_name] = breaker
+            breaker.failure(self.clock.now())
+        elif kind in _VERDICT:
+            breaker = self._target_breakers.get(call.target_name)
+            if breaker is not None:
+                breaker.success()
+            self._consecutive_failures = 0
+        for breaker in call.trials:
+            if kind in _VERDICT and breaker.state is not _CLOSED:
+                breaker.success()
+            elif not trips:  # no verdict (cancelled, timed out): let another trial go
+                breaker.release()
+            # a trip: the worker's exit (pool breaker) or the line above (target) recorded it
+        call.trials = ()
+
+    def _retry_delay(self, call: Call, error: PoolError) -> float | None:
+        binding = call.session
+        if binding is not None and binding.mode != "hint":
+            return None  # a strict session's state went with its worker: SessionLost is next
+        if self._hard_closing or self._failure is not None:
+            return None
+        return retry_delay(
+            error,
+            attempt=call.attempt,
+            idempotent=call.idempotent,
+            policy=self.config.retry,
+            now=anyio.current_time(),
+            deadline=call.deadline,
+            rng=self._rng,
+        )
+
+    async def _retry(self, call: Call, error: PoolError, delay: float) -> None:
+        """Back off (on the pool's clock, within the call's deadline), then queue the call
+        again at the front: it was admitted long ago and keeps its place."""
+        self._retries += 1
+        worker = call.worker
+        if self._listeners:
+            self._emit(
+                CallRetried(
+                    pool=self.name,
+                    at=anyio.current_time(),
+                    call=call.seq,
+                    target=call.target_name,
+                    worker_id=worker.id if worker else None,
+                    attempt=call.attempt + 1,
+                    delay=delay,
+                    kind=error.kind,
+                )
+            )
+        call.retry()
+        call.status = CallStatus.DONE  # between attempts: nothing to withdraw if cancelled
+        self._retrying += 1
+        try:
+            if delay > 0:
+                clock = self.clock
+                with anyio.CancelScope(
+                    deadline=call.deadline if call.deadline is not None else math.inf
+                ) as scope:
+                    await clock.sleep_until(clock.now() + delay)
+                if scope.cancelled_caught:  # the deadline came first
+                    raise QueueTimeout(call.timeout or 0.0, target=call.target_name)
+        except BaseException as exc:
+            if isinstance(exc, PoolError):
+                self._timed_out += 1
+                if self._listeners:
+                    self._emit_failed(call, exc.kind, Phase.QUEUED, str(exc))
+            else:
+                self._cancelled += 1
+                if self._listeners:
+                    self._emit_failed(call, FailureKind.CANCELLED, Phase.QUEUED, "cancelled by the caller")
+            raise
+        finally:
+            self._retrying -= 1
+        if self._hard_closing or self._failure is not None:
+            self._failed += 1
+            closed = self._failure or PoolClosed(self.name, detail="closed before the retry was sent")
+            if self._listeners:
+                self._emit_failed(call, closed.kind, Phase.QUEUED, str(closed).split("\n")[0])
+            raise closed
+        call.status = CallStatus.QUEUED
+        if call.trials == () and (self._breaker.state is not _CLOSED or self._target_breakers):
+            try:
+                call.trials = self._check_breakers(call.target_name)
+            except CircuitOpen as exc:
+                self._failed += 1
+                if self._listeners:
+                    self._emit_failed(call, exc.kind, Phase.QUEUED, str(exc))
+                raise
+        self._queue.appendleft(call)
+        self._dispatch()
 
     def _emit_failed(self, call: Call, kind: FailureKind, phase: Phase, message: str) -> None:
         worker = call.worker
@@ -521,8 +874,16 @@ class Pool:
         status = call.status
         call.abandon()
         if status is CallStatus.QUEUED:
-            with contextlib.suppress(ValueError):
+            try:
                 self._queue.remove(call)
+            except ValueError:  # not in the main queue: behind its session, or parked
+                binding = call.session
+                if binding is not None and call in binding.waiting:
+                    binding.waiting.remove(call)
+                    self._session_waiting -= 1
+                for worker in self._workers.values():
+                    if call in worker.parked:
+                        worker.parked.remove(call)
             self._notify_room()
         elif status is CallStatus.SENT and call.worker is not None:
             worker = call.worker
@@ -535,10 +896,24 @@ class Pool:
         sched = self._sched
         moved = False
         while queue:
-            worker = sched.pick()
-            if worker is None:
-                break
-            call = queue.popleft()
+            call = queue[0]
+            if call.session is not None:
+                routed = self._route_session(call)
+                if routed is _BLOCK:
+                    break
+                queue.popleft()
+                moved = True
+                if routed is _HANDLED:
+                    continue
+                worker = cast(Worker, routed)
+            else:
+                picked = sched.pick()
+                if picked is None:
+                    break
+                if call.avoid is not None and picked is call.avoid:
+                    picked = sched.pick_other(picked) or picked
+                worker = picked
+                queue.popleft()
             worker.submit(call)
             sched.update(worker, worker.load, worker.has_room)
             moved = True
@@ -557,8 +932,212 @@ class Pool:
         if queue:
             self._maybe_scale_up()
 
+    # ---- sessions ----------------------------------------------------------------------------
+    def _route_session(self, call: Call) -> object:
+        """Where the session call at the head of the queue goes: a worker, ``_BLOCK`` (wait
+        for capacity: stop dispatching), or ``_HANDLED`` (failed, or parked on its worker)."""
+        binding = call.session
+        assert binding is not None
+        worker = binding.worker
+        depth = self.config.pipeline_depth
+        if worker is not None:
+            state = worker.state
+            if state.serves_sessions and worker.load < depth:
+                return worker
+            if binding.mode == "strict_fail_fast":
+                self._fail_queued(
+                    call,
+                    SessionUnavailable(
+                        f"its worker {worker.id} is busy",
+                        key=binding.key,
+                        reason="busy",
+                        target=call.target_name,
+                    ),
+                )
+                return _HANDLED
+            if not state.serves_sessions or binding.mode == "strict_queue":
+                # strict_queue waits for its worker; a worker on its way out may still be
+                # running a call of this session, so even a hint session waits for it to go
+                # (never two workers at once), then moves.
+                worker.parked.append(call)
+                return _HANDLED
+            other = self._sched.pick()  # hint: fall back to any worker with room
+            if other is None or other is worker:
+                return _BLOCK
+            if len(other.sessions) >= self.config.sessions.max_per_worker:
+                worker.parked.append(call)
+                return _HANDLED
+            self._rebind(binding, other, "busy")
+            return other
+        if binding.lost is not None and binding.mode != "hint":
+            self._fail_queued(
+                call,
+                SessionLost(
+                    f"its worker is gone ({binding.lost}), and its state with it",
+                    key=binding.key,
+                    reason=binding.lost,
+                    target=call.target_name,
+                ),
+            )
+            return _HANDLED
+        target = self._worker_for_new_session()
+        if target is None:
+            if self._session_room_anywhere():
+                return _BLOCK
+            self._fail_queued(
+                call,
+                SessionUnavailable(
+                    f"every worker holds sessions.max_per_worker={self.config.sessions.max_per_worker} sessions",
+                    key=binding.key,
+                    reason="limit",
+                    target=call.target_name,
+                ),
+            )
+            return _HANDLED
+        if binding.lost is not None:
+            self._rebind(binding, target, "worker_gone")
+        else:
+            self._bind(binding, target)
+        return target
+
+    def _worker_for_new_session(self) -> Worker | None:
+        limit = self.config.sessions.max_per_worker
+        worker = self._sched.pick()
+        if worker is None or len(worker.sessions) < limit:
+            return worker
+        candidates = [w for w in self._sched.loads() if len(w.sessions) < limit]
+        return min(candidates, key=lambda w: w.load) if candidates else None
+
+    def _session_room_anywhere(self) -> bool:
+        """Could some worker, now or once started, take another session?"""
+        limit = self.config.sessions.max_per_worker
+        live = [w for w in self._workers.values() if w.state in _LIVE]
+        if len(live) < self.config.worker_limit or self._pending_spawns:
+            return True
+        return any(len(w.sessions) < limit for w in live)
+
+    def _fail_queued(self, call: Call, error: PoolError) -> None:
+        call.fail(error)
+
+    def _bind(self, binding: Binding, worker: Worker) -> None:
+        binding.worker = worker
+        worker.sessions.add(binding.key)
+        if self._listeners:
+            self._emit(
+                SessionBound(pool=self.name, at=anyio.current_time(), key=binding.key, worker_id=worker.id)
+            )
+
+    def _rebind(self, binding: Binding, worker: Worker, reason: str) -> None:
+        """Move a hint session: its state on the old worker (if any) is dropped and lost."""
+        old = binding.worker
+        if old is not None:
+            old.end_session(binding.key)
+        binding.worker = worker
+        binding.lost = None
+        binding.rebinds += 1
+        worker.sessions.add(binding.key)
+        if self._listeners:
+            self._emit(
+                SessionRebound(
+                    pool=self.name,
+                    at=anyio.current_time(),
+                    key=binding.key,
+                    from_worker=old.id if old is not None else None,
+                    worker_id=worker.id,
+                    reason=reason,
+                )
+            )
+
+    def _session_release(self, call: Call) -> None:
+        """``call`` (its session's current one) is over: the next call of the session moves up."""
+        binding = call.session
+        assert binding is not None
+        if binding.current is not call:
+            return
+        binding.current = None
+        now = self.clock.now()
+        binding.last_used = now
+        if binding.waiting:
+            nxt = binding.waiting.popleft()
+            self._session_waiting -= 1
+            binding.current = nxt
+            self._queue.appendleft(nxt)
+            self._dispatch()
+        elif binding.closing:
+            self._drop_session(binding, "closed")
+        elif self.config.sessions.ttl is not None and self._session_due == math.inf:
+            self._session_due = now + self.config.sessions.ttl
+            self._wake_at(self._session_due)
+
+    def _drop_session(self, binding: Binding, reason: str) -> None:
+        if self._sessions.get(binding.key) is binding:
+            del self._sessions[binding.key]
+        binding.ended = reason
+        worker = binding.worker
+        if worker is not None:
+            worker.end_session(binding.key)
+        if self._listeners:
+            self._emit(
+                SessionEnded(
+                    pool=self.name,
+                    at=anyio.current_time(),
+                    key=binding.key,
+                    worker_id=worker.id if worker is not None else None,
+                    reason=reason,
+                )
+            )
+
+    def _lose_sessions(self, worker: Worker, reason: str) -> None:
+        """``worker`` is gone: the sessions bound to it lost their state."""
+        for key in list(worker.sessions):
+            binding = self._sessions.get(key)
+            if binding is None or binding.worker is not worker:
+                continue
+            binding.worker = None
+            binding.lost = reason
+            if self._listeners:
+                self._emit(
+                    SessionStateLost(
+                        pool=self.name, at=anyio.current_time(), key=key, worker_id=worker.id, reason=reason
+                    )
+                )
+            if binding.mode != "hint":  # strict: the calls in hand cannot run anywhere
+                pending = list(binding.waiting)
+                binding.waiting.clear()
+                self._session_waiting -= len(pending)
+                for waiting in pending:
+                    waiting.fail(
+                        SessionLost(
+                            f"its worker {worker.id} is gone ({reason}), and its state with it",
+                            key=key,
+                            reason=reason,
+                            target=waiting.target_name,
+                        )
+                    )
+        worker.sessions.clear()
+
+    def _expire_sessions(self, now: float) -> None:
+        ttl = self.config.sessions.ttl
+        self._session_due = math.inf
+        if ttl is None:
+            return
+        due = math.inf
+        for binding in list(self._sessions.values()):
+            if not binding.idle:
+                continue
+            expires = binding.last_used + ttl
+            if expires <= now:
+                self._drop_session(binding, "expired")
+            else:
+                due = min(due, expires)
+        if due < math.inf:
+            self._session_due = due
+            self._wake_at(due)
+
     def _has_room(self) -> bool:
-        return len(self._queue) < self.config.max_queue or self._sched.pick() is not None
+        return (
+            len(self._queue) + self._session_waiting < self.config.max_queue or self._sched.pick() is not None
+        )
 
     async def _wait_for_room(self, call: Call) -> None:
         """Wait in line (a FIFO of tickets) until there is room, the deadline passes, or the
@@ -574,7 +1153,7 @@ class Pool:
                 self._check_open()
                 if not ticket.is_set():  # the deadline passed while waiting
                     self._timed_out += 1
-                    raise CallTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
+                    raise QueueTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
                 if self._has_room():
                     admitted = True
                     return
@@ -612,12 +1191,14 @@ class Pool:
 
     def _maybe_scale_up(self) -> None:
         # Runs on every dispatch that leaves calls queued: the cheap checks come first.
-        if len(self._workers) >= self.config.worker_limit or self._fsm.state is not PoolState.RUNNING:
+        if self._fsm.state is not PoolState.RUNNING:
             return
-        starting = sum(
-            1 for w in self._workers.values() if w.state in (WorkerState.SPAWNING, WorkerState.STARTING)
-        )
-        room = self.config.worker_limit - len(self._workers)
+        live = [w for w in self._workers.values() if w.state in _LIVE]
+        if len(live) >= self.config.worker_limit:
+            return
+        starting = sum(1 for w in live if w.state in (WorkerState.SPAWNING, WorkerState.STARTING))
+        starting += len(self._pending_spawns)
+        room = self.config.worker_limit - len(live) - len(self._pending_spawns)
         want = min(room, len(self._queue) - starting * self.config.pipeline_depth)
         for _ in range(max(0, want)):
             self._spawn()
@@ -627,32 +1208,159 @@ class Pool:
         worker = self._worker_factory(
             self, self.config, self._launcher, f"{self.name}-w{next(self._worker_ids)}"
         )
+        worker.generation = self._generation
         self._workers[worker.id] = worker
         self._worker_starts += 1
         self.task_group.start_soon(worker.run, name=f"poolkit worker {worker.id}")
 
+    def _ensure_workers(self, now: float, *, after_failure: BaseException | None = None) -> None:
+        """Start workers up to ``min_workers`` (or one, for a draining pool with calls left).
+
+        After a worker failure, replacements are paced (``restart_delay``; held while the
+        pool's breaker is open) and counted against the restart budget: past it, the pool
+        fails rather than crash-loop.
+        """
+        if self._hard_closing or self._failure is not None:
+            return
+        state = self._fsm.state
+        active = sum(1 for w in self._workers.values() if w.state in _LIVE) + len(self._pending_spawns)
+        if state in (PoolState.STARTING, PoolState.RUNNING):
+            need = self.config.min_workers - active
+        elif state is PoolState.DRAINING and self._pending() and active == 0:
+            need = 1
+        else:
+            need = 0
+        if need <= 0:
+            return
+        delay = 0.0
+        if after_failure is not None:
+            policy = self.config.restart
+            if not self._budget.spend(now):
+                self._break(
+                    PoolFailed(
+                        self.name,
+                        self._budget.used,
+                        after_failure,
+                        reason=f"more than restart.max_restarts={policy.max_restarts} worker restarts "
+                        f"within {policy.window:g}s",
+                    )
+                )
+                return
+            delay = restart_delay(self._consecutive_failures, policy, self._rng)
+            if self._breaker.state is BreakerState.OPEN:
+                delay = max(delay, self._breaker.retry_after(now))
+        for _ in range(need):
+            if delay <= 0:
+                self._spawn()
+            else:
+                self._pending_spawns.append(now + delay)
+                self._wake_at(now + delay)
+
+    def _retire(self, worker: Worker, reason: str) -> None:
+        """Recycle a healthy worker: it takes no new work (but its sessions' calls), a
+        replacement starts, and it stops once idle (sessions: up to their drain bound)."""
+        if worker.state is WorkerState.RETIRING or not worker.fsm.can(WorkerEvent.RETIRE):
+            return
+        now = self.clock.now()
+        worker.retire_reason = reason
+        worker.fsm.fire(WorkerEvent.RETIRE, reason)
+        self._sched.remove(worker)
+        worker.retire_deadline = now + (self.config.recycle.session_drain_timeout if worker.sessions else 0.0)
+        if reason != "idle":
+            self._recycled += 1
+        if self._listeners:
+            self._emit(
+                WorkerRecycled(pool=self.name, at=anyio.current_time(), worker_id=worker.id, reason=reason)
+            )
+        self._ensure_workers(now)
+        self._progress_retiring(worker, now)
+
+    def _progress_retiring(self, worker: Worker, now: float) -> None:
+        if worker.state is not WorkerState.RETIRING or worker.load:
+            return
+        if worker.sessions and now < worker.retire_deadline:
+            self._wake_at(worker.retire_deadline)
+            return
+        worker.shutdown()
+
     # ---- WorkerOwner callbacks (synchronous) -----------------------------------------------
     def worker_ready(self, worker: Worker) -> None:
         self._consecutive_startup_failures = 0
+        now = self.clock.now()
+        worker.ready_at = worker.idle_since = now
+        recycle = self.config.recycle
+        if recycle.max_calls is not None:
+            worker.max_calls = max(1, round(recycle.max_calls * (1 - self._rng.uniform(0, recycle.jitter))))
+        if recycle.max_lifetime is not None:
+            worker.max_lifetime = recycle.max_lifetime * (1 - self._rng.uniform(0, recycle.jitter))
+            self._wake_at(now + worker.max_lifetime)
         self._sched.update(worker, worker.load, worker.has_room)
+        if worker.generation < self._generation:  # recycle_all() ran while it was starting
+            self._retire(worker, "generation")
         self._dispatch()
         self._notify_changed()
 
     def worker_capacity(self, worker: Worker) -> None:
         self._sched.update(worker, worker.load, worker.has_room)
+        if worker.parked and worker.load < self.config.pipeline_depth:
+            self._unpark(worker)
+        state = worker.state
+        if state is WorkerState.RETIRING:
+            self._progress_retiring(worker, self.clock.now())
+        elif worker.calls_completed >= worker.max_calls and state.accepts_calls:
+            self._retire(worker, "calls")
+        if not worker.load:
+            now = worker.idle_since = self.clock.now()
+            if self._idle_due == math.inf and len(self._workers) > self.config.min_workers:
+                self._idle_due = now + self.config.idle_timeout
+                self._wake_at(self._idle_due)
         if self._queue:
             self._dispatch()
         if self._changed is not None:
             self._notify_changed()
+
+    def worker_pong(self, worker: Worker) -> None:
+        rss = worker.rss
+        if rss is None:
+            return
+        recycle = self.config.recycle
+        limit = recycle.memory_limit
+        if limit is not None and rss > limit:
+            self._log.info("worker over memory_limit", worker_id=worker.id, rss=rss, limit=limit)
+            worker.kill(
+                f"rss {rss} over memory_limit {limit}",
+                fault=lambda call: WorkerMemoryExceeded(
+                    rss=rss,
+                    limit=limit,
+                    phase=Phase.RUNNING,
+                    worker_id=worker.id,
+                    pid=worker.pid,
+                    target=call.target_name,
+                ),
+                failure=FailureKind.RESOURCE_EXHAUSTED,
+            )
+        elif recycle.max_memory is not None and rss > recycle.max_memory and worker.state.accepts_calls:
+            self._retire(worker, "memory")
+
+    def _unpark(self, worker: Worker) -> None:
+        """Session calls waiting for ``worker`` go back to the front of the queue."""
+        parked = worker.parked
+        while parked:
+            call = parked.pop()
+            if call.status is CallStatus.QUEUED:
+                self._queue.appendleft(call)
 
     def worker_exited(
         self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None
     ) -> None:
         self._sched.remove(worker)
         self._workers.pop(worker.id, None)
+        now = self.clock.now()
+        failure = None if self._hard_closing else worker.failure
         if startup_error is not None and not self._hard_closing:
             self._startup_failures += 1
             self._consecutive_startup_failures += 1
+            self._last_worker_error = startup_error
             self._log.info(
                 "worker failed to start", worker_id=worker.id, error=str(startup_error).splitlines()[0]
             )
@@ -668,22 +1376,37 @@ class Pool:
                 pid=worker.pid,
                 returncode=worker.returncode,
             )
+        if failure is not None:
+            self._consecutive_failures += 1
+            if failure is FailureKind.UNRESPONSIVE:
+                self._unresponsive += 1
+            if self.config.breaker.enabled and self._failure is None:
+                self._breaker.failure(now)
+        if worker.sessions:
+            reason = failure.value if failure is not None else (worker.retire_reason or "stopped")
+            self._lose_sessions(worker, "recycled" if worker.retire_reason and failure is None else reason)
+        code = worker.returncode
         if self._listeners:
-            now = anyio.current_time()
+            at = anyio.current_time()
             self._emit(
                 WorkerExited(
                     pool=self.name,
-                    at=now,
+                    at=at,
                     worker_id=worker.id,
                     pid=worker.pid,
-                    returncode=worker.returncode,
-                    expected=worker.state is WorkerState.STOPPED,
+                    returncode=code,
+                    expected=failure is None and worker.state is WorkerState.STOPPED,
+                    failure=failure,
+                    cause=crash_cause(
+                        code if code is None or code >= 0 else None,
+                        -code if code is not None and code < 0 else None,
+                    ),
                 )
             )
             for call in requeue:
                 self._emit(
                     CallRequeued(
-                        pool=self.name, at=now, call=call.seq, target=call.target_name, worker_id=worker.id
+                        pool=self.name, at=at, call=call.seq, target=call.target_name, worker_id=worker.id
                     )
                 )
         if self._hard_closing or self._failure is not None:
@@ -694,26 +1417,151 @@ class Pool:
                 )
         else:
             self._queue.extendleft(reversed(requeue))
-        state = self._fsm.state
-        if not self._hard_closing and self._failure is None:
-            live = len(self._workers)
-            if (state in (PoolState.STARTING, PoolState.RUNNING) and live < self.config.min_workers) or (
-                state is PoolState.DRAINING and self._queue and live == 0
-            ):
-                self._spawn()
+        if worker.parked:
+            self._unpark(worker)
+        if failure is not None:
+            error: BaseException = startup_error or WorkerStartupError(
+                worker.id, pid=worker.pid, reason=f"worker {failure.value}"
+            )
+            if startup_error is None:
+                self._last_worker_error = error
+            self._ensure_workers(now, after_failure=error)
+        else:
+            self._ensure_workers(now)
         self._dispatch()
         self._notify_changed()
 
     def _break(self, failure: PoolFailed) -> None:
-        """Too many startup failures: stop trying, fail what waits, refuse new calls."""
+        """Workers cannot be kept alive: stop trying, fail what waits, refuse new calls."""
         self._failure = failure
+        self._pending_spawns.clear()
         if self._fsm.can(PoolEvent.BROKEN):
             self._fsm.fire(PoolEvent.BROKEN, str(failure).splitlines()[0])
         self._log.error("pool failed", error=str(failure).splitlines()[0])
-        for call in list(self._queue):
+        for call in self._queued_calls():
             call.fail(failure)
         self._queue.clear()
+        for worker in self._workers.values():
+            worker.parked.clear()
+        for binding in self._sessions.values():
+            self._session_waiting -= len(binding.waiting)
+            binding.waiting.clear()
         self._notify_room()
+
+    def _on_breaker(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        log = self._log.warning if new is BreakerState.OPEN else self._log.info
+        log("circuit breaker changed", scope=breaker.scope, from_state=old.value, to_state=new.value)
+        if self._listeners:
+            self._emit(
+                BreakerStateChanged(
+                    pool=self.name,
+                    at=anyio.current_time(),
+                    scope=breaker.scope,
+                    from_state=old.value,
+                    to_state=new.value,
+                    failures=breaker.failures,
+                )
+            )
+
+    # ---- time: the housekeeper ---------------------------------------------------------------
+    def _wake_at(self, when: float) -> None:
+        """Make the housekeeper run at ``when`` (on the pool's clock) at the latest."""
+        heapq.heappush(self._wakeups, when)
+        sleep = self._sleep
+        if sleep is not None and when < sleep[1]:
+            sleep[0].cancel()
+
+    async def _housekeeper(self) -> None:
+        """Sleep on the clock until the next thing is due, do it, repeat. Never raises
+        (a bug here is logged, not allowed to take the pool down)."""
+        assert self._housekeeper_scope is not None
+        clock = self.clock
+        interval = self.config.heartbeat_interval
+        with self._housekeeper_scope:
+            if interval is not None:
+                self._next_beat = clock.now() + interval
+            while True:
+                due = min(self._next_beat, self._wakeups[0] if self._wakeups else math.inf)
+                with anyio.CancelScope() as scope:
+                    self._sleep = (scope, due)
+                    await clock.sleep_until(due)
+                self._sleep = None
+                now = clock.now()
+                while self._wakeups and self._wakeups[0] <= now:
+                    heapq.heappop(self._wakeups)
+                try:
+                    self._housekeep(now)
+                except Exception as exc:  # a bug in poolkit: log it, keep the pool serving
+                    self._log.exception("housekeeping failed", error=repr(exc))
+                await anyio.lowlevel.checkpoint()
+
+    def _housekeep(self, now: float) -> None:
+        if self._fsm.state is PoolState.CLOSED or self._hard_closing:
+            return
+        interval = self.config.heartbeat_interval
+        if interval is not None and now >= self._next_beat:
+            # Woken much later than planned (the event loop was blocked, or a test advanced
+            # a manual clock by a lot): nobody had a chance to answer, so only ask this round.
+            late = now - self._next_beat > interval
+            self._heartbeat(now, interval, judge=not late)
+            self._next_beat = now + interval
+        if self._pending_spawns:
+            due = [t for t in self._pending_spawns if t <= now]
+            if due:
+                self._pending_spawns = [t for t in self._pending_spawns if t > now]
+                for _ in due:
+                    if not self._hard_closing and self._failure is None:
+                        self._spawn()
+        if now >= self._session_due:
+            self._expire_sessions(now)
+        if now >= self._idle_due:
+            self._retire_idle(now)
+        for worker in list(self._workers.values()):
+            state = worker.state
+            if state.accepts_calls and now - worker.ready_at >= worker.max_lifetime:
+                self._retire(worker, "lifetime")
+            elif state is WorkerState.RETIRING:
+                self._progress_retiring(worker, now)
+        self._dispatch()
+
+    def _heartbeat(self, now: float, interval: float, *, judge: bool) -> None:
+        limit = interval * self.config.heartbeat_misses
+        for worker in list(self._workers.values()):
+            if worker.state not in _HEARTBEAT:
+                continue
+            silent = now - worker.last_heard
+            if judge and silent > limit:
+                self._log.info("worker unresponsive", worker_id=worker.id, pid=worker.pid, silent_for=silent)
+                worker.kill(
+                    f"no heartbeat reply for {silent:.3g}s",
+                    fault=_unresponsive(worker, silent, interval),
+                    failure=FailureKind.UNRESPONSIVE,
+                )
+            else:
+                worker.ping()
+
+    def _retire_idle(self, now: float) -> None:
+        """Workers above ``min_workers`` idle for ``idle_timeout`` are retired, oldest idle first."""
+        self._idle_due = math.inf
+        timeout = self.config.idle_timeout
+        active = [w for w in self._workers.values() if w.state.accepts_calls]
+        excess = len(active) - self.config.min_workers
+        if excess <= 0:
+            return
+        due = math.inf
+        for worker in sorted(active, key=lambda w: w.idle_since):
+            if excess <= 0:
+                break
+            if worker.load or worker.sessions:
+                continue
+            if now - worker.idle_since >= timeout:
+                self._retire(worker, "idle")
+                excess -= 1
+            else:
+                due = min(due, worker.idle_since + timeout)
+        if excess > 0 and due < math.inf:
+            self._idle_due = due
+            self._wake_at(due)
 
     # ---- introspection -----------------------------------------------------------------------
     def _count_ready(self) -> int:
@@ -721,6 +1569,18 @@ class Pool:
 
     def _in_flight(self) -> int:
         return sum(w.load for w in self._workers.values())
+
+    def _pending(self) -> int:
+        """Admitted calls not yet sent: queued, behind their session, or parked."""
+        return len(self._queue) + self._session_waiting + sum(len(w.parked) for w in self._workers.values())
+
+    def _queued_calls(self) -> list[Call]:
+        calls = list(self._queue)
+        for binding in self._sessions.values():
+            calls.extend(binding.waiting)
+        for worker in self._workers.values():
+            calls.extend(worker.parked)
+        return [call for call in calls if call.status is CallStatus.QUEUED]
 
     def statistics(self) -> PoolStatistics:
         workers = tuple(
@@ -730,7 +1590,7 @@ class Pool:
             name=self.name,
             state=self._fsm.state,
             workers=workers,
-            queued=len(self._queue),
+            queued=self._pending(),
             in_flight=sum(w.in_flight for w in workers),
             completed=self._completed,
             failed=self._failed,
@@ -740,6 +1600,15 @@ class Pool:
             worker_crashes=self._worker_crashes,
             startup_failures=self._startup_failures,
             waiting=len(self._room_waiters),
+            retries=self._retries,
+            recycled=self._recycled,
+            unresponsive=self._unresponsive,
+            sessions=len(self._sessions),
+            breaker=self._breaker.state.value,
+            open_breakers=tuple(
+                name for name, b in self._target_breakers.items() if b.state is not BreakerState.CLOSED
+            ),
+            generation=self._generation,
         )
 
     def workers(self) -> tuple[Worker, ...]:
@@ -754,6 +1623,20 @@ class Pool:
             f"<Pool {self.name!r} {s.state.value} | calls: {s.queued} queued, {s.in_flight} in flight, "
             f"{s.completed} ok, {s.failed + s.timed_out} failed | workers: {workers}>"
         )
+
+
+def _unresponsive(worker: Worker, silent: float, interval: float) -> Callable[[Call], PoolError]:
+    def fault(call: Call) -> PoolError:
+        return WorkerUnresponsive(
+            silent_for=silent,
+            interval=interval,
+            phase=Phase.RUNNING,
+            worker_id=worker.id,
+            pid=worker.pid,
+            target=call.target_name,
+        )
+
+    return fault
 
 
 class MapIterator:

@@ -70,7 +70,8 @@ class FrameKind(enum.IntEnum):
     LOG = 8  # w->p  JSON {"stream": "stdout"|"stderr", "line": str}
     SHUTDOWN = 9  # p->w  empty: finish what was sent, then exit 0
     PING = 10  # p->w  empty: heartbeat request
-    PONG = 11  # w->p  empty: heartbeat reply, same call_id as the PING
+    PONG = 11  # w->p  heartbeat reply, same call_id as the PING; optional JSON {"rss": bytes}
+    SESSION_END = 12  # p->w  JSON {"key": str | int}: drop that session's state
 
 
 class Codec(enum.IntEnum):

@@ -60,6 +60,14 @@ class Scheduler(Generic[_W]):
                 return next(iter(bucket))
         return None
 
+    def pick_other(self, avoid: _W) -> _W | None:
+        """The least-loaded available worker other than ``avoid`` (a retry goes elsewhere)."""
+        for bucket in self._buckets:
+            for worker in bucket:
+                if worker != avoid:
+                    return worker
+        return None
+
     def loads(self) -> dict[_W, int]:
         """Snapshot for tests and statistics."""
         return dict(self._where)

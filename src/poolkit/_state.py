@@ -38,6 +38,7 @@ class WorkerState(enum.Enum):
     STARTING = "starting"  # process exists, waiting for the READY handshake
     READY = "ready"  # idle, can take calls
     BUSY = "busy"  # one or more calls in flight, can take more up to the pipeline depth
+    RETIRING = "retiring"  # being recycled: serves its sessions' calls only, then stops
     DRAINING = "draining"  # finishing in-flight calls, takes no new ones
     STOPPING = "stopping"  # asked or forced to exit, waiting for the exit
     STOPPED = "stopped"  # exited after the pool asked it to stop or killed it (terminal)
@@ -52,12 +53,18 @@ class WorkerState(enum.Enum):
         return self in _TERMINAL
 
     @property
+    def serves_sessions(self) -> bool:
+        """Can take calls of sessions already bound to it (a retiring worker still does)."""
+        return self in _SERVES_SESSIONS
+
+    @property
     def is_alive(self) -> bool:
         """The process may still be running (or about to)."""
         return self not in _TERMINAL
 
 
 _ACCEPTS_CALLS = frozenset({WorkerState.READY, WorkerState.BUSY})
+_SERVES_SESSIONS = frozenset({WorkerState.READY, WorkerState.BUSY, WorkerState.RETIRING})
 _TERMINAL = frozenset({WorkerState.STOPPED, WorkerState.FAILED})
 
 
@@ -69,6 +76,7 @@ class WorkerEvent(enum.Enum):
     DISPATCH = "dispatch"  # a call was sent
     IDLE = "idle"  # the last in-flight call ended
     DRAIN = "drain"  # stop taking calls, finish the in-flight ones
+    RETIRE = "retire"  # recycle: take no new work except calls of sessions bound to it
     STOP = "stop"  # ask (or force) the process to exit
     KILL = "kill"  # a fault (timeout, cancelled running call, protocol error): kill it now
     EXITED = "exited"  # the process is gone
@@ -98,6 +106,14 @@ WORKER_TRANSITIONS: Mapping[tuple[WorkerState, WorkerEvent], WorkerState] = {
     (_S.BUSY, _E.STOP): _S.STOPPING,
     (_S.BUSY, _E.KILL): _S.STOPPING,
     (_S.BUSY, _E.EXITED): _S.FAILED,
+    (_S.READY, _E.RETIRE): _S.RETIRING,
+    (_S.BUSY, _E.RETIRE): _S.RETIRING,
+    (_S.RETIRING, _E.DISPATCH): _S.RETIRING,
+    (_S.RETIRING, _E.IDLE): _S.RETIRING,
+    (_S.RETIRING, _E.RETIRE): _S.RETIRING,
+    (_S.RETIRING, _E.STOP): _S.STOPPING,
+    (_S.RETIRING, _E.KILL): _S.STOPPING,
+    (_S.RETIRING, _E.EXITED): _S.FAILED,
     (_S.DRAINING, _E.IDLE): _S.DRAINING,
     (_S.DRAINING, _E.STOP): _S.STOPPING,
     (_S.DRAINING, _E.KILL): _S.STOPPING,

@@ -34,8 +34,10 @@ import anyio.abc
 
 from . import _protocol as proto
 from ._call import Call, CallStatus
+from ._clock import Clock, SystemClock
 from ._errors import (
     CallError,
+    FailureKind,
     PayloadTooLarge,
     Phase,
     PoolError,
@@ -65,6 +67,12 @@ _ERROR_PHASES = {
 
 class WorkerOwner(Protocol):
     """What a worker reports to its pool. All callbacks are synchronous."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def worker_pong(self, worker: Worker) -> None:
+        """A heartbeat reply arrived (``worker.rss`` may have changed)."""
 
     def worker_ready(self, worker: Worker) -> None: ...
 
@@ -131,6 +139,20 @@ class Worker:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         self._log = get_logger("poolkit.worker", worker_id=self.id)
         self.tap: WireTap | None = None  # fault injection only (module docstring)
+        # Health and recycling, read and written by the pool (times are on its clock).
+        self._now = (getattr(owner, "clock", None) or SystemClock()).now
+        self.last_heard = 0.0  # when a frame last arrived from the worker
+        self.rss: int | None = None  # resident set size the worker last reported, bytes
+        self.ready_at = 0.0
+        self.idle_since = 0.0
+        self.max_calls = sys.maxsize  # recycle after this many calls (jittered by the pool)
+        self.max_lifetime = math.inf  # recycle this long after ready (jittered by the pool)
+        self.retire_reason: str | None = None
+        self.retire_deadline = 0.0
+        self.failure: FailureKind | None = None  # why it died or was killed, if it was a fault
+        self.sessions: set[Any] = set()  # keys of the sessions bound to this worker
+        self.parked: collections.deque[Any] = collections.deque()  # session calls waiting for it
+        self._pings = itertools.count(1).__next__
 
     # ---- what the pool reads -------------------------------------------------------------
     @property
@@ -184,15 +206,25 @@ class Worker:
         else:
             self._send(proto.FrameKind.CANCEL, call.call_id)
 
-    def kill(self, reason: str, *, fault: Callable[[Call], PoolError] | None = None) -> None:
+    def kill(
+        self,
+        reason: str,
+        *,
+        fault: Callable[[Call], PoolError] | None = None,
+        failure: FailureKind | None = None,
+    ) -> None:
         """Stop the process now: SIGTERM, then SIGKILL after ``kill_grace`` seconds.
 
         ``fault`` builds the error for the running call (None: the running call's caller
-        has already gone, or the default crash error applies).
+        has already gone, or the default crash error applies). ``failure`` says the worker
+        itself is at fault (unresponsive, protocol, memory): the pool counts it against the
+        restart budget and the breakers, and paces the replacement.
         """
         if self._kill_requested or self.fsm.state.is_terminal:
             return
         self._kill_requested = True
+        if failure is not None and self.failure is None:
+            self.failure = failure
         if fault is not None:
             self._fault = fault
         if self.fsm.can(WorkerEvent.KILL):
@@ -203,6 +235,21 @@ class Worker:
             self._conn.terminate()
             if self._tg is not None:
                 self._tg.start_soon(self._escalate)
+
+    def ping(self) -> None:
+        """Send a heartbeat request; the reply (any frame, in fact) refreshes ``last_heard``."""
+        self._send(proto.FrameKind.PING, self._pings())
+
+    def end_session(self, key: Any) -> None:
+        """Tell the worker to drop the state of session ``key`` (SESSION_END)."""
+        self.sessions.discard(key)
+        if self._conn is None or self.fsm.state.is_terminal:
+            return
+        payload = json.dumps({"key": key}).encode()
+        try:
+            self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.SESSION_END, 0, payload))
+        except anyio.ClosedResourceError:
+            pass
 
     def drain(self) -> None:
         """Take no new calls; finish the ones in flight."""
@@ -295,6 +342,7 @@ class Worker:
             "codec": spec.codec,
             "parent_pid": os.getpid(),
             "max_frame_size": self._max_frame,
+            "heartbeat_interval": self._config.heartbeat_interval,
             **(_parent_main() if spec.import_main else {}),
         }
 
@@ -332,6 +380,7 @@ class Worker:
                                 f"pool speaks {proto.PROTOCOL_VERSION}",
                             )
                         if self.fsm.can(WorkerEvent.HANDSHAKE):  # not if the pool stopped it meanwhile
+                            self.last_heard = self._now()
                             self.fsm.fire(WorkerEvent.HANDSHAKE)
                             self._owner.worker_ready(self)
                         for rest in frames[i + 1 :]:
@@ -376,10 +425,12 @@ class Worker:
         receive = self._conn.receive
         feed = decoder.feed
         on_frame = self._on_frame
+        now = self._now
         while True:
             data = await receive()
             if not data:
                 return
+            self.last_heard = now()
             if self.tap is not None:
                 data = await self.tap.received(data)
                 if not data:
@@ -420,7 +471,12 @@ class Worker:
         elif kind is proto.FrameKind.LOG:
             self._on_log(frame)
         elif kind is proto.FrameKind.PONG:
-            pass  # heartbeats: a later issue
+            if frame.payload:
+                info = self._json(frame.payload)
+                rss = info.get("rss") if isinstance(info, dict) else None
+                if type(rss) is int and rss >= 0:
+                    self.rss = rss
+            self._owner.worker_pong(self)
         else:
             self._protocol_fault(f"unexpected {kind.name} frame from worker")
 
@@ -447,6 +503,7 @@ class Worker:
             fault=lambda call: ProtocolError(
                 detail, phase=Phase.RUNNING, worker_id=self.id, pid=self.pid, target=call.target_name
             ),
+            failure=FailureKind.PROTOCOL,
         )
 
     def _remote_error(self, call: Call, payload: bytes) -> CallError:
@@ -578,6 +635,8 @@ class Worker:
         self._out_rx.close()
         if self.fsm.can(WorkerEvent.EXITED):
             self.fsm.fire(WorkerEvent.EXITED, f"returncode={self.returncode}")
+            if self.failure is None and self.fsm.state is WorkerState.FAILED:
+                self.failure = FailureKind.STARTUP if startup_error is not None else FailureKind.CRASHED
         elif not self.fsm.state.is_terminal and self.fsm.can(WorkerEvent.STOP):
             self.fsm.fire(WorkerEvent.STOP)
         requeue: list[Call] = []

@@ -159,7 +159,7 @@ def test_other_protocol_version_is_rejected() -> None:
         FrameDecoder().feed(frame)
 
 
-@pytest.mark.parametrize("kind", [0, 12, 255])
+@pytest.mark.parametrize("kind", [0, 13, 255])
 def test_unknown_kind_is_rejected(kind: int) -> None:
     """A well-formed frame (valid checksum) of a kind not in FrameKind is rejected."""
     with pytest.raises(ProtocolViolation, match=f"unknown frame kind {kind}"):

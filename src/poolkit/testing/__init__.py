@@ -4,7 +4,7 @@ Registered as a pytest plugin (entry point ``poolkit``): install poolkit and the
 ``poolkit_*`` fixtures are available. See ``docs/testing.md``.
 
 * Layers: :class:`Layer` (mock, bridge, subprocess) and :func:`pool_for`; the mock layer's
-  :class:`MockScript` with :func:`returns`, :func:`raises`, :func:`crashes`, :func:`hangs`,
+  :class:`MockScript` with :func:`returns`, :func:`raises`, :func:`crashes`, :func:`freezes`, :func:`hangs`,
   :func:`delays`, :func:`runs`; the bridge layer's :class:`BridgeLauncher`.
 * Deterministic helpers: :func:`wait_until`, :func:`ensure_pool_ready`, :class:`Sequencer`,
   :class:`ManualClock`, :func:`scaled`, :func:`timeout_factor`.
@@ -48,7 +48,7 @@ from ._load import (
     plan_load,
     run_load,
 )
-from ._mock import MockCall, MockScript, MockWorker, crashes, delays, hangs, raises, returns, runs
+from ._mock import MockCall, MockScript, MockWorker, crashes, delays, freezes, hangs, raises, returns, runs
 from ._monitor import LatencySummary, MonitorSummary, PoolMonitor, percentile
 from ._plugin import Isolation, PoolFactory
 from ._wait import ManualClock, Sequencer, WaitTimeout, ensure_pool_ready, scaled, timeout_factor, wait_until
@@ -96,6 +96,7 @@ __all__ = [
     "crashes",
     "delays",
     "ensure_pool_ready",
+    "freezes",
     "hangs",
     "kill_tagged",
     "percentile",

@@ -7,12 +7,17 @@ block the process in ``time.sleep``, or ``await`` an anyio sleep without blockin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 
-__all__ = ["FakeExit", "in_process"]
+__all__ = ["FakeExit", "freeze_hook", "in_process"]
 
 #: True while a mock or bridge worker runs a target (set in that worker's task context).
 in_process: ContextVar[bool] = ContextVar("poolkit_in_process", default=False)
+
+#: Set by a mock or bridge worker: makes that fake worker stop answering anything (heartbeats
+#: included), as SIGSTOP does to a real one. ``targets.freeze`` calls it in-process.
+freeze_hook: ContextVar[Callable[[], None] | None] = ContextVar("poolkit_freeze_hook", default=None)
 
 
 class FakeExit(BaseException):

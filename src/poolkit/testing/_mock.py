@@ -31,16 +31,18 @@ import anyio
 
 from .. import _protocol as proto
 from .._call import Call, CallStatus, describe_target
-from .._errors import WorkerStartupError
+from .._errors import FailureKind, WorkerStartupError
 from .._state import WorkerEvent
 from .._worker import Worker, WorkerOwner
-from ._context import FakeExit, in_process
+from ._context import FakeExit, freeze_hook, in_process
 
 if TYPE_CHECKING:
     from .._config import PoolConfig
     from .._transport import Launcher
 
-__all__ = ["MockScript", "MockWorker", "crashes", "delays", "hangs", "raises", "returns", "runs"]
+__all__ = ["MockScript", "MockWorker", "crashes", "delays", "freezes", "hangs", "raises", "returns", "runs"]
+
+MOCK_RSS = 30 * 2**20  # what a mock worker reports as its memory until told otherwise
 
 _mock_pids = itertools.count(800_000)
 
@@ -73,6 +75,12 @@ def crashes(returncode: int = -9) -> Behaviour:
 def hangs() -> Behaviour:
     """Never answer; the call ends by its timeout or cancellation (which kills the worker)."""
     return Behaviour("hang")
+
+
+def freezes() -> Behaviour:
+    """The worker freezes while running the call (as under SIGSTOP): no answer, and no
+    heartbeat replies either, so the pool finds it unresponsive and kills it."""
+    return Behaviour("freeze")
 
 
 def delays(seconds: float) -> Behaviour:
@@ -165,6 +173,9 @@ class MockWorker(Worker):
         self._stopping = False
         self._targets: dict[str, Any] = {}
         self._handler: Any = None
+        self._session_objs: dict[Any, Any] = {}
+        self.frozen = False  # set by freezes(): heartbeats go unanswered
+        self.fake_rss = MOCK_RSS  # reported with each heartbeat reply; tests raise it
 
     # ---- the pool's requests ------------------------------------------------------------------
     def submit(self, call: Call) -> None:
@@ -185,11 +196,28 @@ class MockWorker(Worker):
         else:
             self._skip.add(call.call_id)
 
-    def kill(self, reason: str, *, fault: Any = None) -> None:
+    def kill(self, reason: str, *, fault: Any = None, failure: FailureKind | None = None) -> None:
         if self._kill_requested or self.fsm.state.is_terminal:
             return
-        super().kill(reason, fault=fault)
+        super().kill(reason, fault=fault, failure=failure)
         self._exit(-15)
+
+    def ping(self) -> None:
+        """A mock process answers a heartbeat at once, unless it is frozen."""
+        if self.frozen or self.fsm.state.is_terminal:
+            return
+        self.last_heard = self._now()
+        self.rss = self.fake_rss
+        self._owner.worker_pong(self)
+
+    def _freeze(self) -> None:
+        self.frozen = True
+
+    def end_session(self, key: Any) -> None:
+        super().end_session(key)
+        session = self._session_objs.pop(key, None)
+        if session is not None:
+            session._close(lambda exc: None)
 
     def shutdown(self) -> None:
         super().shutdown()
@@ -251,6 +279,7 @@ class MockWorker(Worker):
 
     async def _serve(self) -> None:
         in_process.set(True)
+        freeze_hook.set(self._freeze)
         try:
             while True:
                 while not self._todo:
@@ -275,10 +304,16 @@ class MockWorker(Worker):
     async def _execute(self, call: Call) -> None:
         behaviour = self._script.behaviour_for(call.target_name)
         try:
-            target, args, kwargs = proto.decode_payload(call.payload, call.codec)[:3]
+            request = proto.decode_payload(call.payload, call.codec)
+            target, args, kwargs = request[:3]
             self._script.calls.append(MockCall(self.id, call.target_name, tuple(args), dict(kwargs)))
+            if len(request) > 3 and request[3] is not None:
+                kwargs["session"] = self._session(request[3])
             if behaviour.action == "crash":
                 raise FakeExit(int(behaviour.value))
+            if behaviour.action == "freeze":
+                self.frozen = True
+                await anyio.sleep_forever()
             if behaviour.action == "hang":
                 await anyio.sleep_forever()
             if behaviour.action == "raise":
@@ -304,6 +339,15 @@ class MockWorker(Worker):
             self._reply_error(call, exc, "encoding")
             return
         self._on_frame(proto.Frame(proto.FrameKind.RESULT, call.call_id, call.codec, payload))
+
+    def _session(self, key: Any) -> Any:
+        from ..worker import Session  # the runtime's own type, so handlers see one Session class
+
+        session = self._session_objs.get(key)
+        if session is None:
+            session = self._session_objs[key] = Session(key)
+        session.calls += 1
+        return session
 
     def _reply_error(self, call: Call, exc: BaseException, phase: str) -> None:
         info = {

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 
 from .._pool import Pool
 from .._state import WorkerState
@@ -133,19 +134,60 @@ class Sequencer:
 
 
 class ManualClock:
-    """A clock that moves only when told: ``clock()`` reads it, ``clock.advance(dt)`` moves it.
+    """A clock that moves only when told: ``clock.now()`` (or ``clock()``) reads it,
+    ``clock.advance(dt)`` moves it and wakes whatever slept until then.
 
-    Pass it where poolkit accepts a ``clock`` (state machine histories today; backoff, TTLs and
-    heartbeats as they land) to test time-based behaviour without waiting.
+    Pass it as ``Pool(clock=...)`` to test time-based behaviour (backoff, session TTLs,
+    heartbeats, idle timeouts, lifetimes, the circuit breaker) without waiting: nothing in the
+    pool moves on its own, and one ``advance(3600)`` expires an hour-long TTL. It implements
+    :class:`poolkit.Clock`. Sleepers are woken by ``advance`` in the order of their deadlines;
+    they run at the event loop's next turn, so follow an advance with ``wait_until`` on what
+    should have happened.
     """
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._seq = 0
 
     def __call__(self) -> float:
+        return self._now
+
+    def now(self) -> float:
         return self._now
 
     def advance(self, seconds: float) -> None:
         if seconds < 0 or math.isnan(seconds):
             raise ValueError(f"a clock only moves forward, got {seconds!r}")
         self._now += seconds
+        due = [s for s in self._sleepers if s[0] <= self._now]
+        if due:
+            self._sleepers = [s for s in self._sleepers if s[0] > self._now]
+            for _, _, event in sorted(due, key=lambda s: (s[0], s[1])):
+                event.set()
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self._now:
+            await anyio.lowlevel.checkpoint()
+            return
+        self._seq += 1
+        entry = (deadline, self._seq, anyio.Event())
+        self._sleepers.append(entry)
+        try:
+            await entry[2].wait()
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are sleeping on this clock (to wait until the pool has gone to sleep)."""
+        return len(self._sleepers)
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The earliest time a sleeper waits for, or None."""
+        return min((s[0] for s in self._sleepers), default=None)
+
+    def __repr__(self) -> str:
+        return f"ManualClock(now={self._now:g}, sleepers={len(self._sleepers)})"

@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Any, NoReturn
 
-from ._context import FakeExit, in_process
+from ._context import FakeExit, freeze_hook, in_process
 
 __all__ = [
     "Tally",
@@ -26,10 +26,14 @@ __all__ = [
     "echo",
     "exit_now",
     "fail",
+    "freeze",
     "getpid",
     "grow_memory",
     "hang",
+    "remember",
+    "session_calls",
     "sleep",
+    "stuck_in_c",
     "unencodable",
 ]
 
@@ -95,6 +99,51 @@ def exit_now(code: int = 1) -> NoReturn:
     if in_process.get():
         raise FakeExit(code)
     os._exit(code)
+
+
+async def freeze() -> NoReturn:
+    """Freeze the worker while it runs this call: in a process, SIGSTOP itself (state ``T``:
+    nothing in it runs, heartbeats go unanswered); in-process, the fake worker stops
+    answering. The pool must find it unresponsive and kill it."""
+    if in_process.get():
+        import anyio
+
+        hook = freeze_hook.get()
+        if hook is not None:
+            hook()
+        await anyio.sleep_forever()
+    os.kill(os.getpid(), signal.SIGSTOP)
+    while True:  # only SIGKILL ends a stopped process; if someone sends SIGCONT, stay busy
+        time.sleep(3600)  # noqa: ASYNC251 - a worker process: blocking it is the point
+
+
+async def stuck_in_c(seconds: float = 3600.0) -> float:
+    """Block in C code for ``seconds`` without releasing the GIL (libc ``sleep`` through
+    ``ctypes.PyDLL``, which keeps the GIL held): no Python thread of the worker runs, so it
+    cannot answer heartbeats, and signals wait for the C call to return. In-process, the
+    fake worker freezes instead (holding the test's own GIL would stop the test)."""
+    if in_process.get():
+        await freeze()
+    import ctypes
+
+    libc = ctypes.PyDLL(None)
+    libc.sleep(max(1, round(seconds)))
+    return seconds
+
+
+def remember(value: Any, *, session: Any) -> list[Any]:
+    """A session-aware target: append ``value`` to this session's state on this worker and
+    return everything the session remembered (its state survives between calls only on the
+    worker that holds it)."""
+    values: list[Any] = getattr(session, "values", [])
+    values.append(value)
+    session.values = values
+    return list(values)
+
+
+def session_calls(*, session: Any) -> int:
+    """How many calls this session's state on this worker has seen (1 for a fresh session)."""
+    return int(session.calls)
 
 
 _hoard: list[bytearray] = []
