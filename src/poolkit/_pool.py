@@ -195,6 +195,8 @@ class Pool:
         # recovery
         self._breaker = CircuitBreaker("pool", config.breaker, self._on_breaker)
         self._target_breakers: dict[str, CircuitBreaker] = {}
+        self._tripped: set[str] = set()  # targets whose breaker is not closed
+        self._scale_settled = False  # _maybe_scale_up found nothing to do; reset on worker changes
         self._budget = RestartBudget(config.restart)
         self._consecutive_failures = 0  # worker failures with no call served in between
         self._last_worker_error: BaseException | None = None
@@ -490,7 +492,7 @@ class Pool:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         deadline = anyio.current_time() + timeout if timeout is not None else None
         call = Call(name, payload, self._codec, timeout=timeout, deadline=deadline, idempotent=idempotent)
-        if self._breaker.state is not _CLOSED or self._target_breakers:
+        if self._breaker.state is not _CLOSED or (self._tripped and name in self._tripped):
             call.trials = self._check_breakers(name)
         call.session = binding
         return call
@@ -784,6 +786,7 @@ class Pool:
             raise
         finally:
             self._retrying -= 1
+            self._notify_changed()
         if self._hard_closing or self._failure is not None:
             self._failed += 1
             closed = self._failure or PoolClosed(self.name, detail="closed before the retry was sent")
@@ -791,7 +794,7 @@ class Pool:
                 self._emit_failed(call, closed.kind, Phase.QUEUED, str(closed).split("\n")[0])
             raise closed
         call.status = CallStatus.QUEUED
-        if call.trials == () and (self._breaker.state is not _CLOSED or self._target_breakers):
+        if self._breaker.state is not _CLOSED or call.target_name in self._tripped:
             try:
                 call.trials = self._check_breakers(call.target_name)
             except CircuitOpen as exc:
@@ -856,6 +859,7 @@ class Pool:
             )
 
     def worker_state_changed(self, worker: Worker, transition: Transition[WorkerState, WorkerEvent]) -> None:
+        self._scale_settled = False
         if self._listeners:
             self._emit(
                 WorkerStateChanged(
@@ -1068,6 +1072,7 @@ class Pool:
         elif self.config.sessions.ttl is not None and self._session_due == math.inf:
             self._session_due = now + self.config.sessions.ttl
             self._wake_at(self._session_due)
+        self._notify_changed()
 
     def _drop_session(self, binding: Binding, reason: str) -> None:
         if self._sessions.get(binding.key) is binding:
@@ -1190,11 +1195,13 @@ class Pool:
             await self._changed.wait()
 
     def _maybe_scale_up(self) -> None:
-        # Runs on every dispatch that leaves calls queued: the cheap checks come first.
-        if self._fsm.state is not PoolState.RUNNING:
+        # Runs on every dispatch that leaves calls queued: a saturated pool at its worker
+        # limit answers with one flag test until a worker changes state.
+        if self._scale_settled or self._fsm.state is not PoolState.RUNNING:
             return
         live = [w for w in self._workers.values() if w.state in _LIVE]
         if len(live) >= self.config.worker_limit:
+            self._scale_settled = True
             return
         starting = sum(1 for w in live if w.state in (WorkerState.SPAWNING, WorkerState.STARTING))
         starting += len(self._pending_spawns)
@@ -1449,6 +1456,11 @@ class Pool:
         self._notify_room()
 
     def _on_breaker(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        if breaker is not self._breaker:
+            if new is _CLOSED:
+                self._tripped.discard(breaker.scope)
+            else:
+                self._tripped.add(breaker.scope)
         log = self._log.warning if new is BreakerState.OPEN else self._log.info
         log("circuit breaker changed", scope=breaker.scope, from_state=old.value, to_state=new.value)
         if self._listeners:
