@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from _util import TESTS_DIR, scaled
+from _util import TESTS_DIR, scaled, wait_until_sync
 from integration import _targets
 from poolkit._protocol import (
     PROTOCOL_VERSION,
@@ -533,12 +533,17 @@ def test_cancel_of_unknown_or_finished_call_is_ignored(start: Callable[..., Work
 
 
 def test_ping_pong(start: Callable[..., Worker]) -> None:
-    """PING is answered by PONG with the same call_id and an empty payload."""
+    """PING is answered by PONG with the same call_id; its payload is the JSON object
+    {"rss": bytes} on Linux and empty where the RSS cannot be read cheaply."""
     w = start()
     w.ready()
     w.send(FrameKind.PING, 77)
     frame = w.recv()
-    assert (frame.kind, frame.call_id, frame.payload) == (FrameKind.PONG, 77, b"")
+    assert (frame.kind, frame.call_id, frame.codec) == (FrameKind.PONG, 77, Codec.JSON)
+    if sys.platform.startswith("linux"):
+        assert set(json.loads(frame.payload)) == {"rss"}
+    else:
+        assert frame.payload == b""
 
 
 def test_eof_exits_zero_and_tears_down(start: Callable[..., Worker], tmp_path: Path) -> None:
@@ -636,3 +641,296 @@ def test_worker_dies_with_parent() -> None:
                 pass
         parent.stdin.close()
         parent.stdout.close()
+
+
+# --------------------------------------------------------------------------- heartbeats while calls run
+
+R = "integration._runtime_targets"
+HEARTBEAT = 0.2  # heartbeat_interval: the heartbeat thread starts reading within 0.1 s of a call
+MiB = 1024 * 1024
+
+
+class Gate:
+    """A FIFO a target blocks on (``wait_fifo``, ``hold_gil``) until the test writes a line:
+    holds a call running for exactly as long as the test wants, without timing assumptions."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "gate")
+        os.mkfifo(self.path)
+        self.fd = os.open(self.path, os.O_RDWR)  # never blocks; lets the worker's open return
+
+    def release(self, line: str = "go") -> None:
+        os.write(self.fd, f"{line}\n".encode())
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    """A fresh :class:`Gate`, closed after the test."""
+    g = Gate(tmp_path)
+    yield g
+    os.close(g.fd)
+
+
+def next_line(w: Worker) -> str:
+    """The next frame must be a LOG frame: its line."""
+    frame = w.reader.next(10)
+    assert frame.kind is FrameKind.LOG, frame
+    line: str = json.loads(frame.payload)["line"]
+    return line
+
+
+def expect_pong(w: Worker, call_id: int, timeout: float = 10) -> Frame:
+    """The next non-LOG frame must be the PONG for ``call_id``."""
+    frame = w.recv(timeout)
+    assert (frame.kind, frame.call_id) == (FrameKind.PONG, call_id), frame
+    return frame
+
+
+def assert_silent(w: Worker, seconds: float) -> None:
+    """No byte comes from the worker for ``seconds``: a bounded wait for something that must not
+    happen. Not scaled: a slower machine can only make silence more likely, never less."""
+    assert not w.reader.frames
+    readable = select.select([w.reader.fd], [], [], seconds)[0]
+    assert not readable, f"the worker sent {w.reader.next(1)} while it should have been silent"
+
+
+def proc_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (R, S, T, Z, ...)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def pong_rss(w: Worker, call_id: int) -> int:
+    """PING, and the rss the PONG reports."""
+    w.send(FrameKind.PING, call_id)
+    body = json.loads(expect_pong(w, call_id).payload)
+    rss: int = body["rss"]
+    assert type(rss) is int
+    return rss
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def test_ping_answered_while_a_call_runs(start: Callable[..., Worker], gate: Gate, tmp_path: Path) -> None:
+    """With heartbeat_interval set, PINGs are answered while a long call runs, and a CANCEL
+    read meanwhile still skips a call queued behind it; answers keep their CALL order."""
+    marker = tmp_path / "call-2-ran"
+    w = start(heartbeat_interval=HEARTBEAT)
+    w.ready()
+    w.send_raw(
+        call_frame(1, f"{T}:wait_fifo", gate.path)
+        + call_frame(2, f"{T}:touch", str(marker))
+        + call_frame(3, f"{T}:add", 1, 2)
+    )
+    assert next_line(w) == "waiting"  # call 1 is running and stays so until the gate opens
+    for ping in (101, 102, 103):
+        w.send(FrameKind.PING, ping)
+        expect_pong(w, ping)
+    w.send(FrameKind.CANCEL, 2)
+    w.send(FrameKind.PING, 104)
+    expect_pong(w, 104)  # read after the CANCEL: the CANCEL has been taken in too
+    gate.release()
+    assert w.result(1) == "go"
+    frame = w.recv()
+    assert (frame.kind, frame.call_id) == (FrameKind.CANCELLED, 2)
+    assert w.result(3) == 3
+    assert not marker.exists()
+
+
+@linux_only
+def test_ping_not_answered_while_stopped(start: Callable[..., Worker], gate: Gate) -> None:
+    """A stopped worker (SIGSTOP) answers no PING even though it has a heartbeat thread: that
+    silence is how the parent detects it. After SIGCONT the PING is answered."""
+    w = start(heartbeat_interval=HEARTBEAT)
+    w.ready()
+    w.call(1, f"{T}:wait_fifo", gate.path)
+    assert next_line(w) == "waiting"
+    w.send(FrameKind.PING, 1)
+    expect_pong(w, 1)  # the heartbeat thread is reading
+    pid = w.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until_sync(lambda: proc_state(pid) in ("T", "t"), 10, "the worker to stop")
+        w.send(FrameKind.PING, 2)
+        assert_silent(w, 3 * HEARTBEAT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    expect_pong(w, 2)
+    gate.release()
+    assert w.result(1) == "go"
+
+
+@pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="needs the GIL")
+def test_ping_not_answered_while_c_code_holds_the_gil(start: Callable[..., Worker], gate: Gate) -> None:
+    """A call stuck in C code that holds the GIL (one long ``sum`` over a range) silences the
+    worker: the heartbeat thread cannot run to answer. Once the C call returns it answers."""
+    w = start(heartbeat_interval=HEARTBEAT)
+    w.ready()
+    w.call(1, f"{R}:hold_gil", gate.path, 2.0)
+    assert next_line(w) == "ready"  # calibrated; now waiting on the gate with the GIL free
+    w.send(FrameKind.PING, 1)
+    expect_pong(w, 1)  # the heartbeat thread is reading
+    gate.release()
+    assert next_line(w) == "holding"  # the ~2 s C call has started
+    w.send(FrameKind.PING, 2)
+    assert_silent(w, 3 * HEARTBEAT)
+    answers = sorted((f.kind, f.call_id) for f in (w.recv(30), w.recv(30)))
+    assert answers == [(FrameKind.RESULT, 1), (FrameKind.PONG, 2)]
+
+
+@linux_only
+def test_pong_reports_the_workers_own_rss(start: Callable[..., Worker]) -> None:
+    """PONG carries {"rss": bytes}: the worker's own resident size (it matches the child's
+    /proc/<pid>/statm, not the test process's), and it grows when the worker allocates."""
+    w = start()
+    w.ready()
+    before = pong_rss(w, 1)
+    assert 1 * MiB < before < 1024 * MiB
+    with open(f"/proc/{w.proc.pid}/statm", encoding="ascii") as f:
+        measured = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert abs(measured - before) < 8 * MiB
+    w.call(2, "poolkit.testing.targets:grow_memory", 64)
+    assert w.result(2, timeout=30) == 64
+    after = pong_rss(w, 3)
+    assert after - before >= 60 * MiB
+
+
+def session_end(key: str | int) -> bytes:
+    """A SESSION_END frame for ``key``."""
+    return encode_frame(FrameKind.SESSION_END, 0, json.dumps({"key": key}).encode())
+
+
+def test_session_state_persists_and_counts_calls(start: Callable[..., Worker]) -> None:
+    """A session key (str or int) gets one Session per key: state kept between its calls,
+    ``calls`` counting them, other keys untouched."""
+    w = start()
+    w.ready()
+    w.call(1, f"{R}:remember", "a1", session="a")
+    w.call(2, f"{R}:remember", 7, session=7)
+    w.call(3, f"{R}:remember", "a2", session="a")
+    assert [w.result(i) for i in (1, 2, 3)] == [[1, ["a1"]], [1, [7]], [2, ["a1", "a2"]]]
+
+
+def test_session_end_drops_state_and_runs_on_close(start: Callable[..., Worker]) -> None:
+    """SESSION_END takes effect in its place among the calls: the session's on_close callbacks
+    run (newest first; one raising is reported on stderr and the rest still run) and the next
+    call with that key gets a new, empty Session. Other sessions and unknown keys: no effect."""
+    w = start()
+    w.ready()
+    w.call(1, f"{R}:remember", "a1", session="a")
+    w.call(2, f"{R}:remember", "b1", session=7)
+    w.call(3, f"{R}:close_noisily", session="a")
+    w.send_raw(
+        call_frame(4, f"{R}:remember", "a2", session="a")
+        + session_end("a")
+        + session_end("never-seen")
+        + call_frame(5, f"{R}:remember", "a3", session="a")
+        + call_frame(6, f"{R}:remember", "b2", session=7)
+    )
+    assert [w.result(i) for i in (1, 2, 3)] == [[1, ["a1"]], [1, ["b1"]], "Session(key='a', calls=2)"]
+    assert [w.result(i) for i in (4, 5, 6)] == [[3, ["a1", "a2"]], [1, ["a3"]], [2, ["b1", "b2"]]]
+    out = [json.loads(f.payload) for f in w.logs if f.call_id == 0]
+    stdout = [body["line"] for body in out if body["stream"] == "stdout"]
+    stderr = "\n".join(body["line"] for body in out if body["stream"] == "stderr")
+    assert stdout == ["closed a last-registered", "closed a first-registered"]
+    assert "RuntimeError: on_close failure for a" in stderr
+    w.send_raw(session_end(7) + call_frame(7, f"{R}:remember", "b3", session=7))
+    assert w.result(7) == [1, ["b3"]]
+
+
+def test_live_sessions_close_when_the_worker_exits(start: Callable[..., Worker]) -> None:
+    """Sessions still open at SHUTDOWN end with the worker: their on_close callbacks run."""
+    w = start()
+    w.ready()
+    w.call(1, f"{R}:close_noisily", session="x")
+    assert w.result(1) == "Session(key='x', calls=1)"
+    w.send(FrameKind.SHUTDOWN)
+    assert w.reader.at_eof(10)
+    assert w.wait() == 0
+    logs = [json.loads(f.payload) for f in w.reader.frames if f.kind is FrameKind.LOG]
+    stdout = [body["line"] for body in logs if body["stream"] == "stdout"]
+    assert stdout == ["closed x last-registered", "closed x first-registered"]
+
+
+@linux_only
+@pytest.mark.parametrize(("interval", "threads"), [(None, 1), (HEARTBEAT, 2)])
+def test_heartbeat_thread_only_when_asked(
+    start: Callable[..., Worker], interval: float | None, threads: int
+) -> None:
+    """Without heartbeat_interval the worker stays single-threaded (the hot path of today);
+    with it, exactly one extra thread runs."""
+    w = start(heartbeat_interval=interval)
+    w.ready()
+    w.call(1, f"{R}:thread_count")
+    assert w.result(1) == threads
+
+
+def test_heartbeat_handoff_under_pipelined_load(start: Callable[..., Worker]) -> None:
+    """A heartbeat thread that wakes every millisecond, calls just long enough for it to take
+    over, PINGs in between: every call is answered once, in order, and every PING once."""
+    w = start(heartbeat_interval=0.004)
+    w.ready()
+    stream = []
+    for i in range(1, 201):
+        stream.append(call_frame(i, "time:sleep", 0.003) if i % 2 else call_frame(i, f"{T}:echo", i))
+        stream.append(encode_frame(FrameKind.PING, 10_000 + i))
+    w.send_raw(b"".join(stream))
+    answers: list[int] = []
+    pongs: list[int] = []
+    while len(answers) < 200 or len(pongs) < 200:
+        frame = w.recv(30)
+        if frame.kind is FrameKind.PONG:
+            pongs.append(frame.call_id)
+        else:
+            assert frame.kind is FrameKind.RESULT, frame
+            expected = None if frame.call_id % 2 else frame.call_id
+            assert decode_payload(frame.payload, frame.codec) == expected
+            answers.append(frame.call_id)
+    assert answers == list(range(1, 201))
+    assert sorted(pongs) == list(range(10_001, 10_201))
+
+
+def test_eof_read_during_a_call_ends_the_worker_after_it(
+    start: Callable[..., Worker], gate: Gate, tmp_path: Path
+) -> None:
+    """EOF read by the heartbeat thread while a call runs: that call still finishes and is
+    answered, the calls queued behind it never start, and the worker exits 0."""
+    marker = tmp_path / "call-2-ran"
+    w = start(heartbeat_interval=HEARTBEAT)
+    w.ready()
+    w.send_raw(call_frame(1, f"{T}:wait_fifo", gate.path) + call_frame(2, f"{T}:touch", str(marker)))
+    assert next_line(w) == "waiting"
+    w.send(FrameKind.PING, 1)
+    expect_pong(w, 1)  # the heartbeat thread is the one reading now
+    w.stdin.close()
+    gate.release()
+    assert w.result(1) == "go"
+    assert w.wait() == 0
+    assert not marker.exists()
+
+
+def test_bad_bytes_read_during_a_call_exit_4_after_it(start: Callable[..., Worker], gate: Gate) -> None:
+    """A protocol violation read by the heartbeat thread while a call runs: the call is
+    answered, then the worker exits 4 with the diagnostic on stderr, as between calls."""
+    w = start(heartbeat_interval=HEARTBEAT)
+    w.ready()
+    w.call(1, f"{T}:wait_fifo", gate.path)
+    assert next_line(w) == "waiting"
+    w.send(FrameKind.PING, 1)
+    expect_pong(w, 1)
+    w.send_raw(b"this is not a poolkit frame at all")
+    gate.release()
+    assert w.result(1) == "go"
+    assert w.wait() == 4
+    assert "protocol violation" in w.stderr_text()
+
+
+@pytest.mark.parametrize("interval", [0, -1, "fast", True])
+def test_bad_heartbeat_interval_fails_startup(start: Callable[..., Worker], interval: Any) -> None:
+    """A heartbeat_interval that is not a positive number is a startup failure (exit 3)."""
+    w = start(heartbeat_interval=interval)
+    frame = w.recv()
+    assert frame.kind is FrameKind.STARTUP_FAILED
+    assert "heartbeat_interval" in json.loads(frame.payload)["message"]
+    assert w.wait() == 3

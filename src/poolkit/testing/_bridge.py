@@ -2,14 +2,29 @@
 
 :class:`BridgeLauncher` is a :class:`~poolkit._transport.Launcher` whose "processes" are
 tasks in the pool's task group. They exchange real frames (``_protocol``) with the real pool
-code, so unit tests exercise framing, pipelining, ordering, cancellation, timeouts and crash
-handling without spawning anything. This is the seed of the harness's bridge layer.
+code, so unit tests exercise framing, pipelining, ordering, cancellation, timeouts, heartbeats,
+sessions and crash handling without spawning anything. This is the seed of the harness's
+bridge layer.
 
 Targets run in the event loop: a sync target runs inline (it blocks the loop, as a worker
 would block its process), an async target is awaited, so tests can hang a call with
 ``await anyio.sleep_forever()`` and release it with an event. A target raising
 :class:`FakeExit` ends the fake process with that exit status, like ``os._exit`` or a
 fatal signal would.
+
+Each fake worker is two tasks, as the real runtime is two threads when heartbeats are on: a
+*reader* that takes in every frame as it arrives (PING is answered at once, even while an
+async target awaits; CALL and SESSION_END are queued; CANCEL marks a queued call; SHUTDOWN is
+noted) and a *runner* that works through the queue one entry at a time, in arrival order.
+Before starting each call the runner takes in whatever the parent has sent so far, so a
+CANCEL sent behind a CALL always skips it, exactly as the real runtime's non-blocking read
+before each call does. Parent-to-worker bytes go through an inbox both tasks can read without
+waiting (a memory object stream would hand data to a waiting reader, where the runner could
+not see it).
+
+The parent's side, :class:`_MemoryConnection`, also lets a test play with the "process":
+``rss`` is what PONGs report (simulate memory growth), and ``freeze()``/``thaw()`` stop and
+resume it as SIGSTOP/SIGCONT would.
 """
 
 from __future__ import annotations
@@ -20,7 +35,8 @@ import itertools
 import json
 import math
 import traceback
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -28,18 +44,28 @@ import anyio.abc
 
 from .. import _protocol as proto
 from .._transport import Connection
+from ..worker import Session
 from ._context import FakeExit, in_process
 
 __all__ = ["BridgeLauncher", "FakeExit"]
 
 _fake_pids = itertools.count(900_000)
+_K = proto.FrameKind
+
+#: What a fake worker reports as its resident set size until a test sets ``conn.rss``: about
+#: what a fresh Python worker process has.
+DEFAULT_FAKE_RSS = 30 * 1024 * 1024
 
 
 class _MemoryConnection:
-    """The parent's side of one fake worker. Implements the Connection protocol."""
+    """The parent's side of one fake worker. Implements the Connection protocol.
+
+    Test controls: ``rss`` (bytes, reported in every PONG), ``freeze()``/``thaw()`` (SIGSTOP
+    and SIGCONT: a frozen worker reads nothing and nothing it writes arrives until it is
+    thawed; SIGTERM waits for the thaw too, SIGKILL does not), ``ignore_sigterm``.
+    """
 
     def __init__(self) -> None:
-        self._to_worker_tx, self.to_worker_rx = anyio.create_memory_object_stream[bytes](math.inf)
         self.to_parent_tx, self._to_parent_rx = anyio.create_memory_object_stream[bytes](math.inf)
         self.stderr_tx, self._stderr_rx = anyio.create_memory_object_stream[bytes](math.inf)
         self._pid = next(_fake_pids)
@@ -47,6 +73,14 @@ class _MemoryConnection:
         self._exited = anyio.Event()
         self.scope = anyio.CancelScope()
         self.ignore_sigterm = False
+        self.rss = DEFAULT_FAKE_RSS
+        self.frozen = False
+        self._held: list[bytes] = []  # frames the worker wrote while frozen, in order
+        self._sigterm_pending = False
+        # Parent -> worker: chunks of bytes, and whether the parent has closed its end.
+        self._inbox: deque[bytes] = deque()
+        self._inbox_closed = False
+        self._changed: anyio.Event | None = None
 
     @property
     def pid(self) -> int | None:
@@ -60,15 +94,63 @@ class _MemoryConnection:
         if self._returncode is None:
             self._returncode = returncode
             self.scope.cancel()
-            for stream in (self.to_parent_tx, self.stderr_tx, self.to_worker_rx):
+            for stream in (self.to_parent_tx, self.stderr_tx):
                 stream.close()
+            self._inbox.clear()
+            self._held.clear()
             self._exited.set()
 
-    async def send(self, data: bytes) -> None:
+    # ---- test controls ---------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Stop the fake process, as SIGSTOP would: it reads no frame and answers nothing
+        (not even PING) until :meth:`thaw`. An async target already awaiting keeps running in
+        the event loop, but what the worker writes meanwhile is held back."""
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Resume a frozen fake process (SIGCONT): held frames arrive, in order, then it reads
+        what the parent sent meanwhile; a SIGTERM received while frozen takes effect now."""
+        if not self.frozen:
+            return
+        self.frozen = False
+        held, self._held = self._held, []
+        for data in held:
+            self._write(data)
+        self._poke()
+        if self._sigterm_pending:
+            self._sigterm_pending = False
+            self.terminate()
+
+    # ---- the worker's side -----------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        """The worker writes a frame to its stdout."""
+        if self.frozen:
+            self._held.append(data)
+            return
         try:
-            self._to_worker_tx.send_nowait(data)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise anyio.BrokenResourceError("fake worker is gone") from exc
+            self.to_parent_tx.send_nowait(data)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the parent stopped reading
+
+    def _poke(self) -> None:
+        """Something the worker's tasks may wait for changed: wake them to re-check."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds; it is re-checked after every :meth:`_poke`."""
+        while not condition():
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    # ---- Connection ------------------------------------------------------------------------
+    async def send(self, data: bytes) -> None:
+        if self._returncode is not None or self._inbox_closed:
+            raise anyio.BrokenResourceError("fake worker is gone")
+        self._inbox.append(data)
+        self._poke()
 
     async def receive(self) -> bytes:
         try:
@@ -88,14 +170,19 @@ class _MemoryConnection:
         return self._returncode
 
     def terminate(self) -> None:
-        if not self.ignore_sigterm:
-            self.exit(-15)
+        if self.ignore_sigterm:
+            return
+        if self.frozen:
+            self._sigterm_pending = True  # a stopped process gets SIGTERM when it continues
+            return
+        self.exit(-15)
 
     def kill(self) -> None:
         self.exit(-9)
 
     async def aclose(self) -> None:
-        self._to_worker_tx.close()
+        self._inbox_closed = True  # the worker reads EOF after what was already sent
+        self._poke()
         self._to_parent_rx.close()
         self._stderr_rx.close()
 
@@ -133,17 +220,28 @@ class _FakeWorker:
         self.startup_error = startup_error
         self.handler: Any = None
         self.targets: dict[str, Any] = {}
+        self.sessions: dict[Any, Session] = {}
+        self.limit = int(spec.get("max_frame_size") or proto.DEFAULT_MAX_FRAME_SIZE)
+        self.decoder = proto.FrameDecoder(self.limit)
+        self.queue: deque[proto.Frame] = deque()  # CALL and SESSION_END frames, in arrival order
+        self.queued_ids: set[int] = set()
+        self.cancelled: set[int] = set()
+        self.shutting_down = False
+        self.ended: int | None = None  # input is over: 0 after EOF, 4 after a protocol violation
 
     def _send(
         self, kind: proto.FrameKind, call_id: int, payload: bytes = b"", codec: int = proto.Codec.JSON
     ) -> None:
-        try:
-            self.conn.to_parent_tx.send_nowait(proto.encode_frame(kind, call_id, payload, codec))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+        self.conn._write(proto.encode_frame(kind, call_id, payload, codec))
 
     def _send_json(self, kind: proto.FrameKind, call_id: int, obj: Any) -> None:
         self._send(kind, call_id, json.dumps(obj).encode())
+
+    def _stderr(self, text: str) -> None:
+        try:
+            self.conn.stderr_tx.send_nowait(text.encode("utf-8", "replace"))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
 
     async def run(self) -> None:
         conn = self.conn
@@ -167,13 +265,13 @@ class _FakeWorker:
                     self.handler.setup()
             except Exception as exc:
                 self._send_json(
-                    proto.FrameKind.STARTUP_FAILED,
+                    _K.STARTUP_FAILED,
                     0,
                     {"type": _qualname(exc), "message": str(exc), "traceback": traceback.format_exc()},
                 )
                 return 3
         self._send_json(
-            proto.FrameKind.READY,
+            _K.READY,
             0,
             {
                 "pid": self.conn.pid,
@@ -182,64 +280,120 @@ class _FakeWorker:
                 "runtime": "memory",
             },
         )
-        decoder = proto.FrameDecoder(int(self.spec.get("max_frame_size", proto.DEFAULT_MAX_FRAME_SIZE)))
-        pending: list[proto.Frame] = []
-        while True:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read)
             try:
-                data = await self.conn.to_worker_rx.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                return 0
-            try:
-                frames = decoder.feed(data)
-            except proto.ProtocolViolation:
-                return 4
-            pending.extend(frames)
-            pending.extend(self._drain(decoder))
-            # Everything that arrived together is seen before any call starts, so a CANCEL
-            # behind a CALL skips it, as the real runtime's non-blocking drain does.
-            while pending:
-                frame = pending.pop(0)
-                if frame.kind is proto.FrameKind.CALL:
-                    pending.extend(self._drain(decoder))  # CANCELs sent while the last call ran
-                    cancelled = any(
-                        f.kind is proto.FrameKind.CANCEL and f.call_id == frame.call_id for f in pending
-                    )
-                    if cancelled:
-                        self._send(proto.FrameKind.CANCELLED, frame.call_id)
-                        pending = [
-                            f
-                            for f in pending
-                            if not (f.kind is proto.FrameKind.CANCEL and f.call_id == frame.call_id)
-                        ]
-                    else:
-                        await self._call(frame)
-                elif frame.kind is proto.FrameKind.PING:
-                    self._send(proto.FrameKind.PONG, frame.call_id)
-                elif frame.kind is proto.FrameKind.SHUTDOWN:
-                    for rest in pending:
-                        if rest.kind is proto.FrameKind.CALL:
-                            await self._call(rest)
-                    if self.handler is not None and hasattr(self.handler, "teardown"):
-                        self.handler.teardown()
-                    return 0
-                elif frame.kind is proto.FrameKind.CANCEL:
-                    pass  # for a call already answered: nothing to do
-                else:
-                    return 4
+                code = await self._run_queue()
+            except FakeExit as exc:
+                code = exc.returncode
+            tg.cancel_scope.cancel()
+        return code
 
-    def _drain(self, decoder: proto.FrameDecoder) -> list[proto.Frame]:
-        """Frames already sent to us, without waiting (the real runtime's select(..., 0))."""
-        frames: list[proto.Frame] = []
-        while True:
+    # ---- reading ---------------------------------------------------------------------------
+    async def _read(self) -> None:
+        """The reader task: take in frames as they arrive, while calls run too."""
+        conn = self.conn
+        while self.ended is None:
+            await conn._until(lambda: not conn.frozen and bool(conn._inbox or conn._inbox_closed))
+            self._take_in()
+
+    def _take_in(self) -> None:
+        """Act on everything the parent has sent so far, without waiting (nothing if frozen)."""
+        conn = self.conn
+        if conn.frozen or self.ended is not None:
+            return
+        while conn._inbox:
             try:
-                frames.extend(decoder.feed(self.conn.to_worker_rx.receive_nowait()))
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return frames
+                self._dispatch(self.decoder.feed(conn._inbox.popleft()))
+            except proto.ProtocolViolation:
+                self.ended = 4
+                break
+        else:
+            if conn._inbox_closed:
+                self.ended = 0
+        conn._poke()  # the runner may have work now
+
+    def _dispatch(self, frames: list[proto.Frame]) -> None:
+        for frame in frames:
+            kind = frame.kind
+            if kind is _K.CALL:
+                self.queue.append(frame)
+                self.queued_ids.add(frame.call_id)
+            elif kind is _K.PING:
+                self._send(_K.PONG, frame.call_id, b'{"rss":%d}' % self.conn.rss)
+            elif kind is _K.CANCEL:
+                if frame.call_id in self.queued_ids:  # a call already started is past cancelling
+                    self.cancelled.add(frame.call_id)
+            elif kind is _K.SESSION_END:
+                self.queue.append(frame)  # in its place among the calls, like the runtime
+            elif kind is _K.SHUTDOWN:
+                self.shutting_down = True
+            else:
+                raise proto.ProtocolViolation(f"frame kind {kind.name} is not sent by a parent")
+
+    # ---- running ---------------------------------------------------------------------------
+    async def _run_queue(self) -> int:
+        """The runner: calls one at a time in arrival order; returns the exit code."""
+        conn, queue = self.conn, self.queue
+
+        def has_work() -> bool:
+            return not conn.frozen and bool(queue or self.shutting_down or self.ended is not None)
+
+        while True:
+            await conn._until(has_work)
+            self._take_in()  # a CANCEL sent while the last call ran skips the next one
+            if self.ended == 4:
+                return 4
+            if self.ended == 0 or not queue:
+                if self.ended == 0 or self.shutting_down:
+                    self._close()
+                    return 0
+                continue
+            frame = queue.popleft()
+            if frame.kind is _K.SESSION_END:
+                self._end_session(frame.payload)
+                continue
+            self.queued_ids.discard(frame.call_id)
+            if frame.call_id in self.cancelled:
+                self.cancelled.discard(frame.call_id)
+                self._send(_K.CANCELLED, frame.call_id)
+                continue
+            await self._call(frame)
+
+    def _close(self) -> None:
+        """A clean exit (SHUTDOWN or EOF), as the runtime's: sessions end, then teardown."""
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            session._close(self._report)
+        if self.handler is not None and hasattr(self.handler, "teardown"):
+            self.handler.teardown()
+
+    def _report(self, exc: BaseException) -> None:
+        """An on_close callback failed: on the fake's stderr, as the runtime reports it."""
+        if isinstance(exc, FakeExit):
+            raise exc
+        self._stderr("".join(traceback.format_exception(exc)))
+
+    def _end_session(self, payload: bytes) -> None:
+        try:
+            session = self.sessions.pop(json.loads(payload)["key"], None)
+        except Exception:
+            self._stderr(f"fake worker: ignored a malformed SESSION_END payload {payload[:200]!r}\n")
+            return
+        if session is not None:
+            session._close(self._report)
 
     async def _call(self, frame: proto.Frame) -> None:
         codec = frame.codec
         try:
-            target, args, kwargs = proto.decode_payload(frame.payload, codec)[:3]
+            call = proto.decode_payload(frame.payload, codec)
+            target, args, kwargs = call[:3]
+            session = None
+            if len(call) > 3 and call[3] is not None:
+                session = self.sessions.get(call[3])
+                if session is None:
+                    session = self.sessions[call[3]] = Session(call[3])
+                kwargs = {**kwargs, "session": session}
         except Exception as exc:
             self._error(frame.call_id, exc, "decoding")
             return
@@ -249,6 +403,8 @@ class _FakeWorker:
             self._error(frame.call_id, exc, "resolving")
             return
         try:
+            if session is not None:
+                session.calls += 1
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
@@ -264,10 +420,10 @@ class _FakeWorker:
         except Exception as exc:
             self._error(frame.call_id, exc, "encoding")
             return
-        limit = int(self.spec.get("max_frame_size", proto.DEFAULT_MAX_FRAME_SIZE))
+        limit = self.limit
         if len(payload) > limit:
             self._send_json(
-                proto.FrameKind.ERROR,
+                _K.ERROR,
                 frame.call_id,
                 {
                     "type": "poolkit.PayloadTooLarge",
@@ -279,7 +435,7 @@ class _FakeWorker:
                 },
             )
             return
-        self._send(proto.FrameKind.RESULT, frame.call_id, payload, codec)
+        self._send(_K.RESULT, frame.call_id, payload, codec)
 
     def _target(self, target: Any) -> Any:
         if not isinstance(target, str):
@@ -295,7 +451,7 @@ class _FakeWorker:
 
     def _error(self, call_id: int, exc: BaseException, phase: str) -> None:
         self._send_json(
-            proto.FrameKind.ERROR,
+            _K.ERROR,
             call_id,
             {
                 "type": _qualname(exc),

@@ -2,7 +2,8 @@
 
 It speaks the framed protocol of :mod:`poolkit._protocol` over its stdin/stdout and imports
 only the standard library, so a worker starts fast and never loads the parent's dependencies.
-``Session`` is the per-session state object passed to calls as ``session=``.
+``Session`` is the per-session state object passed to calls as ``session=``; its ``on_close``
+registers cleanup for when the parent ends the session (or the worker exits).
 """
 
 from __future__ import annotations

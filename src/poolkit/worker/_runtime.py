@@ -5,7 +5,7 @@ extensions believe fds 0/1/2 are theirs: one stray ``printf`` or child process w
 fd 1 would land inside a frame, fail its checksum and take the worker down. So the
 protocol moves off the standard fds before any user code runs::
 
-    proto_in  = dup(0)   frames from the parent: CALL, CANCEL, PING, SHUTDOWN
+    proto_in  = dup(0)   frames from the parent: CALL, CANCEL, PING, SHUTDOWN, SESSION_END
     proto_out = dup(1)   frames to the parent: READY, RESULT, ERROR, LOG, PONG, ...
     fd 0 -> /dev/null    code that reads stdin sees EOF instead of eating frames
     fd 1 -> fd 2         C-level and child-process stdout joins the stderr pipe, which
@@ -17,6 +17,30 @@ never hold them: the parent's EOF on our output means this process is gone. Pyth
 ``sys.stdout``/``sys.stderr`` become line writers that send each line as a LOG frame tagged
 with the running call. Every worker start pays for this module's imports: standard library
 only, and the heavier ``traceback`` and ``asyncio`` are imported on first need.
+
+Heartbeats while a call runs ("reader takeover"). Calls run on the main thread, one at a time,
+and the parent must still hear PONGs during a long one: it kills a worker that stays silent
+for about two heartbeat intervals. So when the spec has a ``heartbeat_interval``, a second
+thread may read proto_in -- but only while user code runs, and never both threads at once:
+
+* ``_Worker.reader`` (a plain lock) guards proto_in, the decoder and the queue of received
+  frames. The main thread holds it at all times except while the call's target runs: it
+  releases it just before calling the target and takes it back right after.
+* The heartbeat thread wakes every interval/4. When the same call has been running since its
+  previous wake, it takes the lock (non-blocking: failing means the call is just ending) and
+  reads proto_in itself with the same ``dispatch()``: PING is answered at once, and
+  CALL/CANCEL/SHUTDOWN/SESSION_END are taken in exactly as the main thread would take them in
+  (queued or noted, for the main thread to act on after the call).
+* At the end of the call the main thread clears ``running`` and tries the lock without
+  blocking; if the heartbeat thread holds it, one byte on a wake pipe gets it out of
+  ``select`` and the main thread blocks until it lets go. A stale wake byte only makes the
+  heartbeat thread re-check ``running``, so none is ever harmful.
+* EOF or a bad frame read by the heartbeat thread is recorded (``halted``) and acted on by
+  the main thread once the call has been answered, as if it had read it itself.
+
+So a trivial call pays one uncontended release/acquire, and the heartbeat tells the truth: a
+stopped process (SIGSTOP) answers nothing, and neither does one whose main thread is stuck in
+C code holding the GIL, because the heartbeat thread needs the GIL to answer.
 """
 
 from __future__ import annotations
@@ -31,7 +55,8 @@ import select
 import sys
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -54,19 +79,46 @@ EXIT_PROTOCOL_VIOLATION = 4
 _READ_SIZE = 256 * 1024
 _JSON = Codec.JSON
 _CALL, _CANCEL, _PING, _SHUTDOWN = FrameKind.CALL, FrameKind.CANCEL, FrameKind.PING, FrameKind.SHUTDOWN
+_SESSION_END = FrameKind.SESSION_END
+_STATM = "/proc/self/statm" if sys.platform.startswith("linux") else None
+_F = TypeVar("_F", bound=Callable[[], object])
 
 
 class Session:
     """Per-session state, passed as ``session=`` to calls that carry a session key: one object
-    per key for the worker's life (attributes are yours), so state persists across the calls
-    with that key that land on this worker (the pool's session routing decides which do)."""
+    per key until the parent ends the session (SESSION_END) or the worker exits (attributes are
+    yours), so state persists across the calls with that key that land on this worker (the
+    pool's session routing decides which do). ``calls`` counts the calls that received it.
+    """
 
     def __init__(self, key: Any) -> None:
         self.key = key
         self.created_at = time.time()
+        self.calls = 0
+        self._on_close: list[Callable[[], object]] = []
+
+    def on_close(self, fn: _F) -> _F:
+        """Have ``fn()`` called when the session ends, to release what the session holds (a
+        connection, a temporary file). Callbacks run newest first, like ``atexit``, so a resource
+        opened on top of another is closed before it. An exception from one is reported on
+        stderr and the others still run. Returns ``fn``: usable as a decorator."""
+        self._on_close.append(fn)
+        return fn
+
+    def _close(self, report: Callable[[BaseException], None]) -> None:
+        """Run the on_close callbacks once, newest first; ``report`` gets what they raise."""
+        callbacks, self._on_close = self._on_close, []
+        while callbacks:
+            fn = callbacks.pop()
+            try:
+                fn()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit too: a callback cannot end the worker
+                report(exc)
 
     def __repr__(self) -> str:
-        return f"Session(key={self.key!r})"
+        return f"Session(key={self.key!r}, calls={self.calls})"
 
 
 class _ChannelClosed(Exception):
@@ -230,12 +282,38 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     return {"type": f"{tp.__module__}.{tp.__qualname__}", "message": message, "traceback": text}
 
 
+def _report(exc: BaseException) -> None:
+    """Report a failure that has no call to answer (teardown, on_close) as output on stderr."""
+    body = _describe(exc)
+    sys.stderr.write(body["traceback"] or f"{body['type']}: {body['message']}\n")
+
+
+def _pong_payload() -> bytes:
+    """PONG's payload: ``{"rss": bytes}``, this process's resident set size, where the system
+    tells it cheaply (Linux: resident pages in /proc/self/statm); empty elsewhere.
+
+    Measured here, in the worker, at the moment of the PING: the parent recycles workers on it.
+    """
+    if _STATM is None:
+        return b""
+    try:
+        fd = os.open(_STATM, os.O_RDONLY)
+        try:
+            data = os.read(fd, 256)
+        finally:
+            os.close(fd)
+        return b'{"rss":%d}' % (int(data.split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return b""
+
+
 async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
 class _Worker:
-    """Startup, the frame loop and the calls. Single-threaded: calls run one at a time, in order."""
+    """Startup, the frame loop and the calls. Calls run on the main thread, one at a time, in
+    order; the heartbeat thread only reads input while a call runs (module docstring)."""
 
     def __init__(self, spec: dict[str, Any], proto_in: int, channel: _Channel) -> None:
         self.spec = spec
@@ -246,10 +324,18 @@ class _Worker:
         self.sessions: dict[Any, Session] = {}
         self.targets: dict[str, Any] = {}
         self.runner: Any = None  # asyncio.Runner, created on the first awaitable result
-        self.pending: deque[Frame] = deque()
+        # Guarded by ``reader``, which the main thread holds except while a target runs:
+        self.decoder = FrameDecoder(spec["max_frame_size"])
+        self.pending: deque[Frame] = deque()  # CALL and SESSION_END frames, in arrival order
         self.pending_ids: set[int] = set()
         self.cancelled: set[int] = set()
         self.shutting_down = False
+        self.halted = False  # the heartbeat thread read EOF or a bad frame during a call
+        self.violation: ProtocolViolation | None = None  # the bad frame, if that was it
+        self.reader = _thread.allocate_lock()
+        self.reader.acquire()
+        self.running = 0  # id of the call whose target is running now, 0 between targets
+        self.wake_r = self.wake_w = -1  # the heartbeat thread's wake pipe, if there is one
 
     def start(self) -> None:
         _adopt_parent_main(self.spec)
@@ -261,6 +347,17 @@ class _Worker:
             if setup is not None:
                 setup()
 
+    def start_heartbeat(self) -> None:
+        """Start the heartbeat thread if the spec asks for heartbeats (module docstring)."""
+        interval = self.spec["heartbeat_interval"]
+        if interval is None:
+            return
+        # os.pipe's fds are non-inheritable: a child process of user code never holds them.
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)  # a full pipe already holds a wake-up: never block
+        _thread.start_new_thread(self.heartbeat, (interval / 4,))
+
     def serve(self) -> int:
         """Run until SHUTDOWN (after the calls already sent) or EOF. Returns the exit code.
 
@@ -268,7 +365,7 @@ class _Worker:
         without blocking, so a CANCEL for a call still waiting here is honoured and a PING
         answered between calls. ``fresh`` skips that check when the last read emptied the pipe.
         """
-        decoder = FrameDecoder(self.spec["max_frame_size"])
+        decoder = self.decoder
         fd, pending, cancelled = self.proto_in, self.pending, self.cancelled
         fresh = False
         while True:
@@ -282,6 +379,9 @@ class _Worker:
                 if not pending:
                     continue
                 frame = pending.popleft()
+                if frame.kind is _SESSION_END:
+                    self.end_session(frame.payload)
+                    continue
                 self.pending_ids.discard(frame.call_id)
                 if cancelled and frame.call_id in cancelled:
                     # Answered here, in its place: the parent gets answers in CALL order.
@@ -289,6 +389,10 @@ class _Worker:
                     self.channel.send(encode_frame(FrameKind.CANCELLED, frame.call_id))
                     continue
                 self.run(frame)
+                if self.halted:  # what the heartbeat thread read during the call ends us
+                    if self.violation is not None:
+                        raise self.violation
+                    return EXIT_OK
             elif self.shutting_down:
                 return EXIT_OK
             else:
@@ -305,7 +409,7 @@ class _Worker:
                 self.pending.append(frame)
                 self.pending_ids.add(call_id)
             elif kind is _PING:
-                self.channel.send(encode_frame(FrameKind.PONG, call_id))
+                self.channel.send(encode_frame(FrameKind.PONG, call_id, _pong_payload()))
             elif kind is _CANCEL:
                 # Only a call still waiting here can be skipped; one that ran or is running
                 # is past cancelling, and its RESULT/ERROR tells the parent so.
@@ -313,6 +417,10 @@ class _Worker:
                     self.cancelled.add(call_id)
             elif kind is _SHUTDOWN:
                 self.shutting_down = True
+            elif kind is _SESSION_END:
+                # Queued, not done here: it takes effect in its place among the calls, on the
+                # main thread, so on_close callbacks never run beside a target.
+                self.pending.append(frame)
             else:
                 raise ProtocolViolation(f"frame kind {kind.name} is not sent by a parent")
 
@@ -329,19 +437,27 @@ class _Worker:
             target, args, kwargs = call[0], call[1], call[2]
             if type(args) not in (list, tuple) or type(kwargs) is not dict:
                 raise TypeError("CALL args must be a list and kwargs a dict")
+            session = None
             if len(call) == 4 and call[3] is not None:
-                kwargs["session"] = self.session(call[3])
+                session = kwargs["session"] = self.session(call[3])
             phase = "resolving"
             fn = self.resolve(target) if isinstance(target, str) else target
             if not callable(fn):
                 raise TypeError(f"call target {target!r} is not callable")
             phase = "running"
-            ch.call_id = call_id
+            if session is not None:
+                session.calls += 1
+            ch.call_id = self.running = call_id
+            reader = self.reader
+            reader.release()  # the heartbeat thread may read input while the target runs
             try:
                 result = fn(*args, **kwargs)
                 if getattr(type(result), "__await__", None) is not None:
                     result = self.wait(result)
             finally:
+                self.running = 0
+                if not reader.acquire(False):
+                    self.take_back_input()
                 for writer in self.writers:
                     writer.flush_partial()
                 ch.call_id = 0
@@ -380,6 +496,74 @@ class _Worker:
             session = self.sessions[key] = Session(key)
         return session
 
+    def end_session(self, payload: bytes) -> None:
+        """SESSION_END ``{"key": ...}``: forget the session and run its on_close callbacks.
+
+        An unknown key is not an error: the session may never have had a call here, or the
+        worker may have been replaced since. A payload without a key is reported and ignored,
+        like a CALL payload that does not decode: the stream itself is fine.
+        """
+        try:
+            body = json.loads(payload)
+            session = self.sessions.pop(body["key"], None)
+        except Exception:
+            sys.stderr.write(f"poolkit worker: ignored a malformed SESSION_END payload {payload[:200]!r}\n")
+            return
+        if session is not None:
+            session._close(_report)
+
+    def take_back_input(self) -> None:
+        """End of a target while the heartbeat thread holds ``reader``: wake it, wait for it."""
+        try:
+            os.write(self.wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+        self.reader.acquire()
+
+    def heartbeat(self, period: float) -> None:
+        """The heartbeat thread: take over reading input when a call outlives one period.
+
+        Waiting one period first keeps it off short calls entirely: they never see a second
+        reader, and most of them never even see this thread wake.
+        """
+        reader, seen = self.reader, 0
+        while not self.halted:
+            time.sleep(period)
+            running = self.running
+            if running == 0 or running != seen:
+                seen = running
+                continue
+            if not reader.acquire(False):
+                continue  # the main thread has it: that call is ending
+            try:
+                self.read_during(running)
+            finally:
+                reader.release()
+
+    def read_during(self, call_id: int) -> None:
+        """Read and dispatch input until call ``call_id`` ends (heartbeat thread, ``reader`` held)."""
+        fd, wake = self.proto_in, self.wake_r
+        while self.running == call_id:
+            if wake in select.select([fd, wake], [], [])[0]:
+                try:
+                    while os.read(wake, 64):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue  # the main thread wants the lock back, or a stale byte: re-check
+            try:
+                data = os.read(fd, _READ_SIZE)
+                if not data:
+                    self.halted = True  # EOF: the main thread returns once the call is answered
+                    return
+                self.dispatch(self.decoder.feed(data))
+            except ProtocolViolation as exc:
+                self.violation, self.halted = exc, True
+                return
+            except _ChannelClosed:
+                self.halted = True  # the parent stopped reading: the same as EOF
+                return
+
     def wait(self, awaitable: Any) -> Any:
         """Run an awaitable result to completion on the worker's one event loop.
 
@@ -394,7 +578,11 @@ class _Worker:
         return self.runner.run(_await(awaitable))
 
     def close(self) -> None:
-        """Best-effort end: handler ``teardown()``, the event loop, partial output lines."""
+        """Best-effort end: sessions' on_close, handler ``teardown()``, the event loop, partial
+        output lines."""
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:  # sessions end with the worker: release what they hold first
+            session._close(_report)
         teardown = getattr(self.handler, "teardown", None)
         if teardown is not None:
             try:
@@ -402,7 +590,7 @@ class _Worker:
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # reported as output: the calls already succeeded
-                sys.stderr.write(_describe(exc)["traceback"] or f"teardown failed: {exc!r}\n")
+                _report(exc)
         if self.runner is not None:
             with contextlib.suppress(Exception):
                 self.runner.close()
@@ -448,7 +636,7 @@ def _adopt_parent_main(spec: dict[str, Any]) -> None:
 def _parse_spec(argv: list[str]) -> dict[str, Any]:
     """The JSON spec argument over the defaults; unknown members are ignored (docs/protocol.md)."""
     spec: dict[str, Any] = {"worker_id": "w?", "handler": None, "preload": [], "codec": "pickle"}
-    spec.update(parent_pid=None, max_frame_size=DEFAULT_MAX_FRAME_SIZE)
+    spec.update(parent_pid=None, max_frame_size=DEFAULT_MAX_FRAME_SIZE, heartbeat_interval=None)
     given = json.loads(argv[0]) if argv else {}
     if not isinstance(given, dict):
         raise TypeError(f"the worker spec must be a JSON object, got {type(given).__name__}")
@@ -458,6 +646,9 @@ def _parse_spec(argv: list[str]) -> dict[str, Any]:
         raise ValueError(f"bad codec or max_frame_size in the worker spec: {given!r}")
     if ppid is not None and type(ppid) is not int:
         raise TypeError(f"parent_pid must be an int or null, got {ppid!r}")
+    interval = spec["heartbeat_interval"]
+    if interval is not None and (type(interval) not in (int, float) or not 0 < interval < float("inf")):
+        raise ValueError(f"heartbeat_interval must be a positive number of seconds or null, got {interval!r}")
     return spec
 
 
@@ -523,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     ready.update(handler=spec["handler"], codec=spec["codec"])
     try:
         channel.send_json(FrameKind.READY, 0, ready)
+        worker.start_heartbeat()
         code = worker.serve()
     except ProtocolViolation as exc:
         os.write(2, f"poolkit worker {spec['worker_id']}: protocol violation: {exc}\n".encode())
