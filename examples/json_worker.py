@@ -23,7 +23,7 @@ MAGIC, VERSION, JSON_CODEC = b"PK", 1, 0
 PREFIX = struct.Struct("!2sBBHQI")  # header bytes 0..17: magic, version, kind, flags, call_id, length
 HEADER_SIZE = PREFIX.size + 4  # + the CRC-32
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
-READY, STARTUP_FAILED, CALL, RESULT, ERROR, CANCEL, CANCELLED, LOG, SHUTDOWN, PING, PONG = range(1, 12)
+READY, STARTUP_FAILED, CALL, RESULT, ERROR, CANCEL, CANCELLED, LOG, SHUTDOWN, PING, PONG, SESSION_END = range(1, 13)
 EXIT_OK, EXIT_STARTUP_FAILED, EXIT_PROTOCOL = 0, 3, 4
 
 
@@ -51,7 +51,7 @@ def decode_frames(buf: bytearray, max_frame_size: int) -> list[tuple[int, int, i
         payload = bytes(buf[HEADER_SIZE : HEADER_SIZE + length])
         if zlib.crc32(bytes(buf[: PREFIX.size]) + payload) != checksum:
             raise ProtocolViolation(f"checksum mismatch on frame kind={kind} call_id={call_id}")
-        if kind not in (CALL, CANCEL, SHUTDOWN, PING) or flags & 0x000F > 1:
+        if kind not in (CALL, CANCEL, SHUTDOWN, PING, SESSION_END) or flags & 0x000F > 1:
             raise ProtocolViolation(f"unexpected frame kind {kind} / codec {flags & 0x000F}")
         frames.append((kind, call_id, flags & 0x000F, payload))
         del buf[: HEADER_SIZE + length]

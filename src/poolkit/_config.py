@@ -203,7 +203,10 @@ class PoolConfig(BaseModel):
         description="PING each worker this often; None turns heartbeats (and memory checks) off",
     )
     heartbeat_misses: int = Field(
-        default=2, ge=1, description="intervals of silence after which a worker is unresponsive"
+        default=2,
+        ge=2,
+        description="intervals of silence after which a worker is unresponsive (>= 2: a worker "
+        "busy with a call answers from its heartbeat thread within about half an interval)",
     )
     idle_timeout: float = Field(
         default=60.0, gt=0, description="workers above min_workers idle this long are retired"

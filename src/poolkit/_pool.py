@@ -58,6 +58,7 @@ from ._errors import (
     SerializationError,
     SessionLost,
     SessionUnavailable,
+    WorkerCrashed,
     WorkerMemoryExceeded,
     WorkerStartupError,
     WorkerUnresponsive,
@@ -101,6 +102,7 @@ _HEARTBEAT = frozenset({WorkerState.READY, WorkerState.BUSY, WorkerState.RETIRIN
 # Outcomes that say how the worker fared with the call (the breakers' verdicts); the others
 # (cancelled, timed out, closed) say nothing about it.
 _VERDICT = frozenset({FailureKind.APPLICATION, FailureKind.SERIALIZATION, FailureKind.PAYLOAD_TOO_LARGE})
+_SHUTDOWN_GRACE = 10.0  # seconds a retired worker may take to exit cleanly (teardown) before a kill
 _BLOCK = object()  # _route_session: no worker can take it now; stop dispatching
 _HANDLED = object()  # _route_session: the call was parked or failed
 
@@ -474,6 +476,22 @@ class Pool:
         if session is not None:
             binding = self._binding_for(session, name)
             request.append(binding.key)
+            try:
+                return self._new_call(target, name, request, timeout, idempotent, binding)
+            except BaseException:
+                self._forget_unused(binding)
+                raise
+        return self._new_call(target, name, request, timeout, idempotent, None)
+
+    def _new_call(
+        self,
+        target: Any,
+        name: str,
+        request: list[Any],
+        timeout: float | None,
+        idempotent: bool,
+        binding: Binding | None,
+    ) -> Call:
         try:
             payload = proto.encode_payload(request, self._codec)
         except (Exception, SystemExit) as exc:
@@ -529,18 +547,22 @@ class Pool:
         else:
             key, mode = check_key(session), self.config.sessions.mode
         binding = self._sessions.get(key)
+        old = handle.binding if handle is not None else None
+        rebinds = 0
+        if old is not None and old is not binding and old.ended == "expired":
+            # This handle's session expired (a session someone else started since under the
+            # same key is not its state either).
+            if mode != "hint":
+                raise SessionLost(
+                    "it expired (idle past sessions.ttl) and its state is gone",
+                    key=key,
+                    reason="expired",
+                    target=name,
+                )
+            rebinds = old.rebinds + 1
+            if binding is not None:
+                binding.rebinds = max(binding.rebinds, rebinds)
         if binding is None:
-            rebinds = 0
-            old = handle.binding if handle is not None else None
-            if old is not None and old.ended == "expired":
-                if mode != "hint":
-                    raise SessionLost(
-                        "it expired (idle past sessions.ttl) and its state is gone",
-                        key=key,
-                        reason="expired",
-                        target=name,
-                    )
-                rebinds = old.rebinds + 1
             limit = self.config.sessions.max_sessions
             if len(self._sessions) >= limit:
                 raise SessionUnavailable(
@@ -563,6 +585,16 @@ class Pool:
             raise SessionUnavailable("busy with an earlier call", key=key, reason="busy", target=name)
         return binding
 
+    def _forget_unused(self, binding: Binding) -> None:
+        """A session whose first call never made it into the pool leaves no record behind."""
+        if (
+            binding.idle
+            and binding.worker is None
+            and binding.lost is None
+            and self._sessions.get(binding.key) is binding
+        ):
+            del self._sessions[binding.key]
+
     def _check_open(self) -> None:
         if self._failure is not None and self._fsm.state is PoolState.FAILED:
             raise self._failure
@@ -583,6 +615,8 @@ class Pool:
                 await self._wait_for_room(call)
             except BaseException:
                 self._end_trials(call, None)
+                if call.session is not None:
+                    self._forget_unused(call.session)
                 raise
         binding = call.session
         if binding is None or binding.current is None:
@@ -1289,12 +1323,15 @@ class Pool:
             self._wake_at(worker.retire_deadline)
             return
         worker.shutdown()
+        # A teardown() or on_close that never returns must not keep it forever.
+        worker.stop_deadline = now + self.config.kill_grace + _SHUTDOWN_GRACE
+        self._wake_at(worker.stop_deadline)
 
     # ---- WorkerOwner callbacks (synchronous) -----------------------------------------------
     def worker_ready(self, worker: Worker) -> None:
         self._consecutive_startup_failures = 0
         now = self.clock.now()
-        worker.ready_at = worker.idle_since = now
+        worker.ready_at = worker.idle_since = worker.last_heard = now
         recycle = self.config.recycle
         if recycle.max_calls is not None:
             worker.max_calls = max(1, round(recycle.max_calls * (1 - self._rng.uniform(0, recycle.jitter))))
@@ -1427,9 +1464,7 @@ class Pool:
         if worker.parked:
             self._unpark(worker)
         if failure is not None:
-            error: BaseException = startup_error or WorkerStartupError(
-                worker.id, pid=worker.pid, reason=f"worker {failure.value}"
-            )
+            error: BaseException = startup_error or self._worker_failure(worker, failure)
             if startup_error is None:
                 self._last_worker_error = error
             self._ensure_workers(now, after_failure=error)
@@ -1437,6 +1472,22 @@ class Pool:
             self._ensure_workers(now)
         self._dispatch()
         self._notify_changed()
+
+    @staticmethod
+    def _worker_failure(worker: Worker, failure: FailureKind) -> PoolError:
+        """What a worker's death looked like, for PoolFailed.cause when the budget runs out."""
+        code = worker.returncode
+        error = WorkerCrashed(
+            exit_code=code if code is None or code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            stderr_tail=worker.stderr_tail,
+            phase=Phase.RUNNING,
+            worker_id=worker.id,
+            pid=worker.pid,
+        )
+        if failure is not FailureKind.CRASHED:
+            error.add_note(f"the pool killed it: {failure.value}")
+        return error
 
     def _break(self, failure: PoolFailed) -> None:
         """Workers cannot be kept alive: stop trying, fail what waits, refuse new calls."""
@@ -1534,6 +1585,8 @@ class Pool:
                 self._retire(worker, "lifetime")
             elif state is WorkerState.RETIRING:
                 self._progress_retiring(worker, now)
+            elif state is WorkerState.STOPPING and now >= worker.stop_deadline:
+                worker.kill("retired worker did not exit after shutdown")
         self._dispatch()
 
     def _heartbeat(self, now: float, interval: float, *, judge: bool) -> None:

@@ -91,7 +91,9 @@ RECOVERY: Mapping[FailureKind, Recovery] = MappingProxyType(
         _K.CIRCUIT_OPEN: _R(_NEVER, Blame.POOL, False, False, "failing fast while the breaker is open"),
         _K.SESSION_UNAVAILABLE: _R(_NEVER, Blame.POOL, False, False, "strict_fail_fast asked not to wait"),
         _K.SESSION_LOST: _R(_NEVER, Blame.WORKER, False, False, "the state is gone; the caller must know"),
-        _K.CANCELLED: _R(_NEVER, Blame.CALL, False, False, "the caller gave up"),
+        _K.CANCELLED: _R(
+            _NEVER, Blame.CALL, True, False, "the caller gave up; a running call's worker is killed"
+        ),
     }
 )
 

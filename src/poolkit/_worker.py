@@ -149,6 +149,7 @@ class Worker:
         self.max_lifetime = math.inf  # recycle this long after ready (jittered by the pool)
         self.retire_reason: str | None = None
         self.retire_deadline = 0.0
+        self.stop_deadline = math.inf  # a retired worker asked to exit is killed after this
         self.failure: FailureKind | None = None  # why it died or was killed, if it was a fault
         self.sessions: set[Any] = set()  # keys of the sessions bound to this worker
         self.parked: collections.deque[Any] = collections.deque()  # session calls waiting for it
@@ -245,6 +246,8 @@ class Worker:
         self.sessions.discard(key)
         if self._conn is None or self.fsm.state.is_terminal:
             return
+        if "session_end" not in self.handshake.get("features", ()):
+            return  # a worker that does not announce SESSION_END (docs/protocol.md 4.1) may reject it
         payload = json.dumps({"key": key}).encode()
         try:
             self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.SESSION_END, 0, payload))
@@ -457,6 +460,13 @@ class Worker:
             if call.status is CallStatus.SENT:
                 if kind is proto.FrameKind.RESULT:
                     call.succeed(frame.payload, frame.codec)
+                elif not isinstance(self._json(frame.payload), dict):
+                    # A worker that cannot describe its own error is not trustworthy: a
+                    # protocol fault like any other (the call fails with ProtocolError, the
+                    # worker is replaced, the breakers count it).
+                    self._inflight = {call.call_id: call, **self._inflight}
+                    self._protocol_fault(f"ERROR frame for call {call.call_id} is not a JSON object")
+                    return
                 else:
                     call.fail(self._remote_error(call, frame.payload))
             self._after_call()

@@ -278,6 +278,7 @@ class _FakeWorker:
                 "protocol": proto.PROTOCOL_VERSION,
                 "worker_id": self.spec.get("worker_id"),
                 "runtime": "memory",
+                "features": ["session_end", "pong_rss"],
             },
         )
         async with anyio.create_task_group() as tg:

@@ -712,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     ready = {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "worker_id": spec["worker_id"]}
     ready.update(runtime="python", python="{}.{}.{}".format(*sys.version_info[:3]))
     ready.update(handler=spec["handler"], codec=spec["codec"])
+    ready.update(features=["session_end", "pong_rss"])
     try:
         channel.send_json(FrameKind.READY, 0, ready)
         worker.start_heartbeat()
