@@ -749,10 +749,12 @@ class Pool:
                 breaker = CircuitBreaker(call.target_name, self.config.breaker, self._on_breaker)
                 self._target_breakers[call.target_name] = breaker
             breaker.failure(self.clock.now())
-        elif kind in _VERDICT:
+        elif kind in _VERDICT:  # the worker ran it and answered: a healthy worker
             breaker = self._target_breakers.get(call.target_name)
             if breaker is not None:
                 breaker.success()
+            if self._breaker.failures and self._breaker.state is _CLOSED:
+                self._breaker.success()
             self._consecutive_failures = 0
         for breaker in call.trials:
             if kind in _VERDICT and breaker.state is not _CLOSED:
@@ -837,6 +839,7 @@ class Pool:
                     self._emit_failed(call, exc.kind, Phase.QUEUED, str(exc))
                 raise
         self._queue.appendleft(call)
+        self._ensure_workers(self.clock.now())  # a draining pool may have let its last worker go
         self._dispatch()
 
     def _emit_failed(self, call: Call, kind: FailureKind, phase: Phase, message: str) -> None:
@@ -1070,6 +1073,7 @@ class Pool:
         old = binding.worker
         if old is not None:
             old.end_session(binding.key)
+            self._session_left(old)
         binding.worker = worker
         binding.lost = None
         binding.rebinds += 1
@@ -1103,6 +1107,8 @@ class Pool:
             self._dispatch()
         elif binding.closing:
             self._drop_session(binding, "closed")
+        elif binding.worker is None and binding.lost is None:
+            self._forget_unused(binding)  # refused before it was ever bound: nothing to keep
         elif self.config.sessions.ttl is not None and self._session_due == math.inf:
             self._session_due = now + self.config.sessions.ttl
             self._wake_at(self._session_due)
@@ -1115,6 +1121,7 @@ class Pool:
         worker = binding.worker
         if worker is not None:
             worker.end_session(binding.key)
+            self._session_left(worker)
         if self._listeners:
             self._emit(
                 SessionEnded(
@@ -1125,6 +1132,17 @@ class Pool:
                     reason=reason,
                 )
             )
+
+    def _session_left(self, worker: Worker) -> None:
+        """A session left ``worker``: a retiring worker may now stop, a surplus one may idle out."""
+        if worker.sessions:
+            return
+        now = self.clock.now()
+        if worker.state is WorkerState.RETIRING:
+            self._progress_retiring(worker, now)
+        elif not worker.load and self._idle_due == math.inf and len(self._workers) > self.config.min_workers:
+            self._idle_due = max(now, worker.idle_since + self.config.idle_timeout)
+            self._wake_at(self._idle_due)
 
     def _lose_sessions(self, worker: Worker, reason: str) -> None:
         """``worker`` is gone: the sessions bound to it lost their state."""

@@ -45,7 +45,7 @@ import anyio.abc
 from .. import _protocol as proto
 from .._transport import Connection
 from ..worker import Session
-from ._context import FakeExit, in_process
+from ._context import FakeExit, freeze_hook, in_process
 
 __all__ = ["BridgeLauncher", "FakeExit"]
 
@@ -247,6 +247,7 @@ class _FakeWorker:
         conn = self.conn
         returncode = 0
         in_process.set(True)  # targets from poolkit.testing.targets adapt (this task's context only)
+        freeze_hook.set(conn.freeze)  # targets.freeze() stops this fake process, as SIGSTOP would
         with conn.scope:
             try:
                 returncode = await self._serve()
