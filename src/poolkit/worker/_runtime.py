@@ -24,8 +24,9 @@ for about two heartbeat intervals. So when the spec has a ``heartbeat_interval``
 thread may read proto_in -- but only while user code runs, and never both threads at once:
 
 * ``_Worker.reader`` (a plain lock) guards proto_in, the decoder and the queue of received
-  frames. The main thread holds it at all times except while the call's target runs: it
-  releases it just before calling the target and takes it back right after.
+  frames. The main thread holds it at all times except while a call runs: it releases it
+  before decoding the call and takes it back after sending the answer (unpickling and
+  importing the target can take long too).
 * The heartbeat thread wakes every interval/4. When the same call has been running since its
   previous wake, it takes the lock (non-blocking: failing means the call is just ending) and
   reads proto_in itself with the same ``dispatch()``: PING is answered at once, and
@@ -324,7 +325,7 @@ class _Worker:
         self.sessions: dict[Any, Session] = {}
         self.targets: dict[str, Any] = {}
         self.runner: Any = None  # asyncio.Runner, created on the first awaitable result
-        # Guarded by ``reader``, which the main thread holds except while a target runs:
+        # Guarded by ``reader``, which the main thread holds except while a call runs:
         self.decoder = FrameDecoder(spec["max_frame_size"])
         self.pending: deque[Frame] = deque()  # CALL and SESSION_END frames, in arrival order
         self.pending_ids: set[int] = set()
@@ -334,7 +335,7 @@ class _Worker:
         self.violation: ProtocolViolation | None = None  # the bad frame, if that was it
         self.reader = _thread.allocate_lock()
         self.reader.acquire()
-        self.running = 0  # id of the call whose target is running now, 0 between targets
+        self.running = 0  # id of the call being run now, 0 between calls
         self.wake_r = self.wake_w = -1  # the heartbeat thread's wake pipe, if there is one
 
     def start(self) -> None:
@@ -425,6 +426,20 @@ class _Worker:
                 raise ProtocolViolation(f"frame kind {kind.name} is not sent by a parent")
 
     def run(self, frame: Frame) -> None:
+        """Run one call with input handed to the heartbeat thread for the whole of it: decoding
+        (unpickling may import modules), resolving (importing the target), running and encoding
+        can each take long, and the parent must hear PONGs throughout."""
+        self.running = frame.call_id
+        reader = self.reader
+        reader.release()
+        try:
+            self.run_call(frame)
+        finally:
+            self.running = 0
+            if not reader.acquire(False):
+                self.take_back_input()
+
+    def run_call(self, frame: Frame) -> None:
         """Decode, resolve, run and encode one call; every failure becomes an ERROR frame."""
         call_id, codec, ch = frame.call_id, frame.codec, self.channel
         phase = "decoding"
@@ -447,17 +462,12 @@ class _Worker:
             phase = "running"
             if session is not None:
                 session.calls += 1
-            ch.call_id = self.running = call_id
-            reader = self.reader
-            reader.release()  # the heartbeat thread may read input while the target runs
+            ch.call_id = call_id
             try:
                 result = fn(*args, **kwargs)
                 if getattr(type(result), "__await__", None) is not None:
                     result = self.wait(result)
             finally:
-                self.running = 0
-                if not reader.acquire(False):
-                    self.take_back_input()
                 for writer in self.writers:
                     writer.flush_partial()
                 ch.call_id = 0
