@@ -619,6 +619,15 @@ class Pool:
                     self._forget_unused(call.session)
                 raise
         binding = call.session
+        if binding is not None and binding.ended is not None:
+            # The session ended while this call waited for room: it starts the key's next one
+            # (never joins a dropped record, which would let the key run on two workers).
+            binding = self._sessions.get(binding.key)
+            if binding is None:
+                binding = self._sessions[call.session.key] = Binding(
+                    call.session.key, call.session.mode, self.clock.now()
+                )
+            call.session = binding
         if binding is None or binding.current is None:
             if binding is not None:
                 binding.current = call

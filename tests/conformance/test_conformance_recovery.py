@@ -35,9 +35,9 @@ pytestmark = pytest.mark.anyio
 
 E = TypeVar("E", bound=Event)
 
-#: Real worker processes import the targets module at startup, so that no heartbeat goes
-#: unanswered while a first call imports it (a worker does not answer heartbeats while it
-#: unpickles a call or imports its target; importing the harness can take about a second).
+#: Real workers import the targets module at startup when heartbeats are fast: importing the
+#: harness in a first call runs C code that holds the GIL for stretches, which on a loaded
+#: machine can outlast a sub-second heartbeat bound (the other layers ignore ``preload``).
 WARM = {"preload": ("poolkit.testing.targets",)}
 
 

@@ -79,11 +79,11 @@ MISSES = 2
 #: How late the pool may notice, beyond its own bound, on a loaded machine: the parent's event
 #: loop and the housekeeper must get scheduled, and the kill must be sent.
 SLACK = 0.6
-#: Modules whose targets these tests call, imported at worker startup when heartbeats are fast.
-#: A worker answers no heartbeat while it unpickles a call or imports its target (see
-#: test_worker_busy_decoding_a_call_is_not_mistaken_for_a_hang), and importing
-#: poolkit.testing.targets (the whole harness: anyio, pydantic, the pool) takes about a second
-#: on a loaded machine: longer than a fast heartbeat bound.
+#: Modules these tests call into, imported at worker startup when heartbeats are fast. A worker
+#: keeps answering heartbeats while a call imports its target, but importing the harness
+#: (poolkit.testing.targets pulls in anyio, pydantic and the pool) runs C code that holds the
+#: GIL for stretches: on a loaded 2-core machine, long enough to miss a sub-second heartbeat
+#: bound. Tests about detection must not depend on that.
 WARM_MODULES = ("poolkit.testing.targets", "integration._faults")
 
 
@@ -376,6 +376,12 @@ async def test_long_healthy_call_keeps_answering_heartbeats(poolkit_isolation: I
 
 
 # ---- memory ---------------------------------------------------------------------------------------------
+#: Memory is checked on each heartbeat reply. Not faster: growing the worker by a few hundred
+#: MiB in one allocation holds its GIL while the pages are zeroed, and the worker must not be
+#: found unresponsive meanwhile.
+MEMORY_INTERVAL = 0.5
+
+
 def _memory_limit() -> tuple[int, int]:
     """A limit above this (parent) process's RSS, and how many MiB a worker must grow to pass it."""
     parent = vm_rss(os.getpid())
@@ -403,7 +409,7 @@ async def test_memory_limit_kills_the_worker_with_the_childs_rss(
         poolkit_isolation,
         min_workers=1,
         pipeline_depth=2,
-        heartbeat_interval=0.2,
+        heartbeat_interval=MEMORY_INTERVAL,
         recycle={"memory_limit": limit},
     ) as pool:
         (victim,) = pool.workers()
@@ -454,7 +460,7 @@ async def test_max_memory_recycles_the_worker_gracefully(
         poolkit_isolation,
         min_workers=1,
         pipeline_depth=2,
-        heartbeat_interval=0.2,
+        heartbeat_interval=MEMORY_INTERVAL,
         recycle={"max_memory": limit},
     ) as pool:
         events = _Events(pool)
@@ -869,8 +875,7 @@ async def test_strict_session_is_lost_with_its_sigkilled_worker(
 
 class _ArrivesWhen:
     """An argument that, unpickled in the worker, waits until ``path`` exists and then is the
-    path: it keeps any call (a session target's too) busy in its worker until the test says
-    so. Tests using it turn heartbeats off (a worker decoding a call answers none)."""
+    path: it keeps any call (a session target's too) busy in its worker until the test says so."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
@@ -886,7 +891,7 @@ async def test_strict_session_call_running_when_its_worker_dies_fails_with_the_c
     another waits behind it. The running call fails with its own error (WorkerCrashed,
     RUNNING, not retried), the waiting one and later ones with SessionLost (crashed)."""
     gate = tmp_path / "go"
-    async with _pool(poolkit_isolation, min_workers=2, heartbeat_interval=None) as pool:
+    async with _pool(poolkit_isolation, min_workers=2) as pool:
         s = pool.session("q", mode="strict_queue")
         running: list[object] = []
         waiting: list[object] = []
@@ -918,7 +923,7 @@ async def test_strict_fail_fast_refuses_a_second_call_while_one_is_in_hand(
     """strict_fail_fast: while a call of the session is in hand, another call of the same
     session fails at once with SessionUnavailable (busy); the first one is unaffected."""
     gate = tmp_path / "go"
-    async with _pool(poolkit_isolation, min_workers=2, heartbeat_interval=None) as pool:
+    async with _pool(poolkit_isolation, min_workers=2) as pool:
         s = pool.session("f", mode="strict_fail_fast")
         first: list[object] = []
         with anyio.fail_after(scaled(30)):
@@ -943,7 +948,7 @@ async def test_idempotent_hint_session_call_is_retried_on_a_new_worker_with_fres
     """hint: an idempotent session call whose worker is SIGKILLed mid-call is retried; the
     session moves to a live worker (worker_gone, rebinds == 1) and the retry sees fresh state."""
     gate = tmp_path / "go"
-    async with _pool(poolkit_isolation, min_workers=2, heartbeat_interval=None) as pool:
+    async with _pool(poolkit_isolation, min_workers=2) as pool:
         events = _Events(pool)
         s = pool.session("h", mode="hint")
         result: list[object] = []
@@ -977,7 +982,7 @@ async def test_session_call_timeout_kills_the_worker_and_its_session_state(
     (SessionStateLost, reason stopped): the very next call, made while that worker may still
     be exiting, raises SessionLost (strict) or runs on another worker with fresh state (hint)."""
     gate = tmp_path / "never"
-    async with _pool(poolkit_isolation, min_workers=2, heartbeat_interval=None, kill_grace=0.2) as pool:
+    async with _pool(poolkit_isolation, min_workers=2, kill_grace=0.2) as pool:
         events = _Events(pool)
         s = pool.session("t", mode=mode)
         with anyio.fail_after(scaled(30)):

@@ -12,9 +12,15 @@ worker growing its memory, corrupted result frames. Everything that happens is w
 :func:`check_history` then verifies the properties a pool must keep whatever the faults:
 every admitted call ended exactly once (in the events and for its caller, and the two
 agree), no value was delivered twice or to the wrong caller, every failure is a typed
-:class:`~poolkit.PoolError` of a kind the injected faults can cause, idempotent calls were
-not lost to a fault while a retry was safe, the pool came back to its size in a bounded
-time, and no worker process outlived the pool.
+:class:`~poolkit.PoolError` of a kind the injected faults can cause, no call was lost to a
+worker fault the pool should have recovered it from (:class:`RetryCheck`), the pool came back
+to its size in a bounded time, and no worker process outlived the pool.
+
+Faults are recovered from by the pool itself: a call whose worker died before it ran is
+requeued, and an idempotent call (``History.call`` makes them idempotent unless told
+otherwise) whose worker crashed, hung or broke the protocol while running it is retried
+(``CallRetried``), so in every built-in scenario the checker runs at
+:attr:`RetryCheck.STRICT`: such a call must end with a value, unless its retries ran out.
 
 Every scenario takes a ``seed``: it decides which workers are hit, the call mix and the
 tokens. The seed is in every assertion message; set ``POOLKIT_CHAOS_SEED`` to replay a run
@@ -37,10 +43,22 @@ from typing import Any, Final
 
 import anyio
 
+from .._config import RetryPolicy
 from .._errors import FailureKind, Phase, PoolError
-from .._events import CallCompleted, CallDispatched, CallFailed, CallQueued, CallRequeued, CallRetried, Event
+from .._events import (
+    CallCompleted,
+    CallDispatched,
+    CallFailed,
+    CallQueued,
+    CallRequeued,
+    CallRetried,
+    Event,
+    PoolStateChanged,
+)
 from .._pool import Pool
-from .._state import WorkerState
+from .._recovery import RECOVERY, Blame, RetryRule
+from .._session import PoolSession
+from .._state import PoolState, WorkerState
 from . import targets
 from ._faults import FaultError, FaultInjector
 from ._isolation import tagged_processes
@@ -79,8 +97,19 @@ DEFAULT_SEED: Final = 20240607
 _ECHO = "poolkit.testing.targets:echo"
 _SLEEP = "poolkit.testing.targets:sleep"
 
-#: Failure kinds a retry could cure: the worker failed, not the call or the caller.
-_WORKER_FAULT_KINDS: Final = frozenset({FailureKind.CRASHED, FailureKind.PROTOCOL})
+#: Failure kinds a retry could cure: the worker failed, not the call or the caller (CRASHED,
+#: UNRESPONSIVE, PROTOCOL, RESOURCE_EXHAUSTED): the kinds the recovery table retries.
+_WORKER_FAULT_KINDS: Final = frozenset(k for k, r in RECOVERY.items() if r.retry is RetryRule.IF_SAFE)
+
+#: Kinds that end a call whatever happened before (say, a requeue): the call's own outcome
+#: (the target raised, its deadline passed, its caller cancelled it) or a circuit breaker
+#: failing it fast. (POOL_CLOSED and POOL_FAILED are excused by the pool's state instead.)
+_CALL_DECIDED_KINDS: Final = frozenset(
+    {k for k, r in RECOVERY.items() if r.blame is Blame.CALL}
+    | {FailureKind.QUEUE_TIMEOUT, FailureKind.CIRCUIT_OPEN}
+)
+_STRICT_SESSION_MODES: Final = frozenset({"strict_queue", "strict_fail_fast"})
+_POOL_DOWN: Final = frozenset({PoolState.DRAINING, PoolState.FAILED, PoolState.CLOSED})
 
 
 def chaos_seed(default: int = DEFAULT_SEED) -> int:
@@ -158,6 +187,9 @@ class CallRecord:
     queued_at: float | None = None  # admission (CallQueued.at)
     ended_at: float | None = None  # when the caller got its outcome
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
+    timeout: float | None = None  # the call's deadline, seconds after intended_at (None: none)
+    session: str | int | None = None  # the session key, for session calls
+    session_mode: str | None = None  # hint | strict_queue | strict_fail_fast
 
     @property
     def outcome(self) -> Outcome | None:
@@ -176,6 +208,12 @@ class EventTrail:
     retried: list[FailureKind] = dataclasses.field(default_factory=list)  # CallRetried: what failed
     terminals: list[CallCompleted | CallFailed] = dataclasses.field(default_factory=list)
     record: CallRecord | None = None
+    pool_down: bool = False  # the pool was closing or had failed when the call ended
+
+    @property
+    def attempts(self) -> int:
+        """Attempts made: the first one plus one per ``CallRetried``."""
+        return 1 + len(self.retried)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,15 +231,17 @@ class HistorySummary:
     ok: int
     failed: Mapping[str, int]  # by failure kind (or error type when untyped)
     not_admitted: int
-    requeued: int
-    retried_ok: int  # requeued after their worker died, then completed elsewhere
+    requeued: int  # calls requeued at least once (their worker died before they ran)
+    retried: int  # calls retried at least once (CallRetried: an attempt failed, another was made)
+    retried_ok: int  # requeued or retried, then completed: succeeded through recovery
     other_calls: int  # calls seen in the events that no recorded caller made (fault injection)
 
     def __str__(self) -> str:
         failed = ", ".join(f"{k}={v}" for k, v in sorted(self.failed.items())) or "none"
         return (
             f"{self.calls} calls: {self.ok} ok, failed: {failed}, not admitted {self.not_admitted}, "
-            f"requeued {self.requeued} (then ok: {self.retried_ok}), other calls {self.other_calls}"
+            f"requeued {self.requeued}, retried {self.retried} (then ok: {self.retried_ok}), "
+            f"other calls {self.other_calls}"
         )
 
 
@@ -215,6 +255,10 @@ class History:
 
     ``allowed_kinds``: the failure kinds the scenario's faults can cause (a SIGKILL causes
     CRASHED, a deadline TIMEOUT, a corrupt frame PROTOCOL); the checker reports any other.
+
+    ``max_attempts``, ``backoff_max`` and ``default_timeout`` are the pool's retry policy and
+    default deadline, which the retry check needs; :meth:`record` copies them from the pool
+    (a fabricated history keeps :class:`~poolkit.RetryPolicy`'s defaults and no deadline).
     """
 
     def __init__(self, scenario: str, seed: int, *, allowed_kinds: Collection[FailureKind] = ()) -> None:
@@ -229,12 +273,22 @@ class History:
         self.orphans: list[int] | None = None  # None: not checked
         self.faults_stopped_at: float | None = None
         self.recording = False
+        policy = RetryPolicy()
+        self.max_attempts = policy.max_attempts
+        self.backoff_max = policy.backoff_max
+        self.default_timeout: float | None = None
+        self._pool_down = False
         self._ids = 0
 
     # ---- recording ----------------------------------------------------------------------
     @contextlib.contextmanager
     def record(self, pool: Pool) -> Iterator[History]:
-        """Subscribe to ``pool``'s events for the duration of the block."""
+        """Subscribe to ``pool``'s events for the duration of the block (and take the pool's
+        retry policy and default deadline, for the retry check)."""
+        self.max_attempts = pool.config.retry.max_attempts
+        self.backoff_max = pool.config.retry.backoff_max
+        self.default_timeout = pool.config.default_timeout
+        self._pool_down = pool.state in _POOL_DOWN
         unsubscribe = pool.subscribe(self._on_event)
         self.recording = True
         try:
@@ -266,7 +320,11 @@ class History:
         elif isinstance(event, CallRetried):
             self._trail(event.call, event.target).retried.append(event.kind)
         elif isinstance(event, CallCompleted | CallFailed):
-            self._trail(event.call, event.target).terminals.append(event)
+            trail = self._trail(event.call, event.target)
+            trail.terminals.append(event)
+            trail.pool_down = self._pool_down
+        elif isinstance(event, PoolStateChanged):
+            self._pool_down = event.to_state in _POOL_DOWN
 
     async def call(
         self,
@@ -277,21 +335,36 @@ class History:
         expect: Any = NO_VALUE,
         idempotent: bool = True,
         timeout: float | None = None,
+        session: str | int | PoolSession | None = None,
     ) -> CallRecord:
         """Make one call through ``pool`` and record what this caller got; return the record
         (``.outcome``: :class:`Ok` or :class:`Failed`; ``.seq`` links it to the events).
 
         Never raises for a failed call (the failure is recorded); cancellation is recorded
         and re-raised. ``expect``: the value this call must return (unique per call, for the
-        duplicate/misdelivery checks). ``idempotent``: see :class:`RetryCheck`."""
+        duplicate/misdelivery checks). ``idempotent`` (passed to :meth:`Pool.call`: the pool
+        retries idempotent calls hit by worker faults): see :class:`RetryCheck`. ``session``:
+        a session key or a :meth:`Pool.session` handle; the record keeps its mode (for a key,
+        the pool's default ``sessions.mode``), which decides whether the call may be retried."""
         self._ids += 1
         name = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
-        record = CallRecord(self._ids, name, expect, idempotent, anyio.current_time())
+        record = CallRecord(
+            self._ids,
+            name,
+            expect,
+            idempotent,
+            anyio.current_time(),
+            timeout=timeout if timeout is not None else self.default_timeout,
+        )
+        if isinstance(session, PoolSession):
+            record.session, record.session_mode = session.key, session.mode
+        elif session is not None:
+            record.session, record.session_mode = session, pool.config.sessions.mode
         self.records.append(record)
         outcome: Outcome
         token = _recording.set(record)
         try:
-            value = await pool.call(target, *args, timeout=timeout, idempotent=idempotent)
+            value = await pool.call(target, *args, timeout=timeout, idempotent=idempotent, session=session)
         except anyio.get_cancelled_exc_class() as exc:
             record.outcomes.append(Failed.from_exception(exc))
             record.ended_at = anyio.current_time()
@@ -356,14 +429,15 @@ class History:
                 failed[outcome.kind.value if outcome.kind else outcome.error_type] += 1
             if record.seq is None and record.outcomes:
                 not_admitted += 1
-        requeued = [t for t in self.trails.values() if t.requeued]
-        retried_ok = sum(1 for t in requeued if any(isinstance(e, CallCompleted) for e in t.terminals))
+        recovered = [t for t in self.trails.values() if t.requeued or t.retried]
+        retried_ok = sum(1 for t in recovered if any(isinstance(e, CallCompleted) for e in t.terminals))
         return HistorySummary(
             calls=len(self.records),
             ok=ok,
             failed=dict(failed),
             not_admitted=not_admitted,
-            requeued=len(requeued),
+            requeued=sum(1 for t in self.trails.values() if t.requeued),
+            retried=sum(1 for t in self.trails.values() if t.retried),
             retried_ok=retried_ok,
             other_calls=sum(1 for t in self.trails.values() if t.record is None),
         )
@@ -382,24 +456,49 @@ class History:
 
 # ------------------------------------------------------------------------------------- checker
 class RetryCheck(enum.Enum):
-    """How strictly :func:`check_history` treats idempotent calls hit by a fault.
+    """How strictly :func:`check_history` holds the pool to its recovery promises.
 
-    poolkit has no automatic retries yet (a later issue adds them for idempotent calls).
-    What it does have: a call sent to a worker behind the running one, when that worker
-    dies, certainly never ran, so it is requeued (``CallRequeued``) and sent elsewhere; such
-    a call that then completes counts as *succeeded through retry*
+    The pool recovers from worker faults on its own (``config.retry``, docs/recovery.md):
+
+    * a call sent to a worker behind the running one certainly never ran: when that worker
+      dies the call is requeued (``CallRequeued``) and sent elsewhere;
+    * an attempt that failed with a worker-fault kind (CRASHED, UNRESPONSIVE, PROTOCOL,
+      RESOURCE_EXHAUSTED) is retried (``CallRetried``, after a backoff) when the call is
+      idempotent or never reached a worker, attempts remain (``retry.max_attempts``) and the
+      deadline leaves room, except in a strict-mode session (its state went with the worker)
+      and once the pool is closing or has failed.
+
+    A call that completed after a requeue or a retry counts as *succeeded through recovery*
     (:attr:`HistorySummary.retried_ok`).
 
     * ``OFF``: no check.
-    * ``SAFE`` (default, holds today): an idempotent call that failed with a worker-fault
-      kind (CRASHED, PROTOCOL) in a retry-safe phase (QUEUED or SENT: it certainly did not
-      run) is reported: the pool gave up a call it could have re-run at no risk.
-    * ``STRICT`` (for when automatic retries land): every idempotent call that failed with
-      a worker-fault kind is reported, whatever its phase, and so is a requeued call that
-      did not end with a value. Today a SIGKILL scenario fails this level by design.
+    * ``SAFE``: a call (idempotent or not) that failed with a worker-fault kind in a phase
+      where it certainly had not run (QUEUED or SENT) is reported: the pool gave up a call
+      it could have re-run at no risk.
+    * ``STRICT`` (the default; every built-in scenario holds it): ``SAFE``, plus an
+      idempotent call that failed with a worker-fault kind in any phase, plus an idempotent
+      call that was requeued and did not end with a value.
 
-    Failures of other kinds (TIMEOUT, CANCELLED, QUEUE_FULL, POOL_CLOSED, APPLICATION, ...)
-    are never retry candidates: the deadline, the caller, the policy or the target decided.
+    A worker-fault failure is accepted, at every level, when the pool rightly did not retry:
+
+    * its retries ran out: ``CallRetried`` events for it + 1 >= ``retry.max_attempts``;
+    * its deadline left no room: it had a timeout (its own or the pool's ``default_timeout``)
+      and less than ``retry.backoff_max`` of it was left when it failed (the pool retries
+      only if the backoff, at most ``backoff_max``, ends before the deadline; the check is
+      lenient here rather than guess the backoff the pool drew);
+    * it was a call of a strict-mode session (``strict_queue``, ``strict_fail_fast``);
+    * the pool was closing or had failed when the call ended.
+
+    A requeued call may also end, without a report, with a kind that is the call's own
+    outcome or a decision above the worker: APPLICATION, SERIALIZATION, PAYLOAD_TOO_LARGE,
+    TIMEOUT, QUEUE_TIMEOUT, CANCELLED (the target, the deadline or the caller decided),
+    CIRCUIT_OPEN (a breaker did), SESSION_LOST / SESSION_UNAVAILABLE in a strict-mode
+    session, or any kind once the pool was closing or had failed (POOL_CLOSED, POOL_FAILED:
+    the pool's state, from ``PoolStateChanged``, decides, not the kind alone). Failures of
+    kinds other than worker faults are never retry candidates.
+
+    The check needs the pool's retry policy: :meth:`History.record` copies it
+    (``History.max_attempts``, ``History.backoff_max``, ``History.default_timeout``).
     """
 
     OFF = "off"
@@ -407,11 +506,32 @@ class RetryCheck(enum.Enum):
     STRICT = "strict"
 
 
+def _retry_excuse(history: History, record: CallRecord, trail: EventTrail | None) -> str | None:
+    """Why the pool rightly did not retry ``record``'s failed call (see :class:`RetryCheck`);
+    None if it should have."""
+    if record.session_mode in _STRICT_SESSION_MODES:
+        return f"a {record.session_mode} session call"
+    if trail is not None and trail.pool_down:
+        return "the pool was closing or had failed"
+    attempts = trail.attempts if trail is not None else 1
+    if attempts >= history.max_attempts:
+        return f"retries exhausted ({attempts} of retry.max_attempts={history.max_attempts})"
+    if record.timeout is not None:
+        failed_at = (
+            trail.terminals[0].at if trail is not None and len(trail.terminals) == 1 else record.ended_at
+        )
+        if failed_at is not None:
+            left = record.intended_at + record.timeout - failed_at
+            if left < history.backoff_max:
+                return f"{left:.3g}s left of its deadline (< retry.backoff_max={history.backoff_max:g})"
+    return None
+
+
 def check_history(
     history: History,
     *,
     allowed_kinds: Collection[FailureKind] | None = None,
-    retries: RetryCheck | str = RetryCheck.SAFE,
+    retries: RetryCheck | str = RetryCheck.STRICT,
     require_recovery: bool = False,
     require_orphan_check: bool = False,
 ) -> list[str]:
@@ -495,30 +615,35 @@ def check_history(
                     f"this scenario's faults can cause: {names}"
                 )
 
-    # 6. idempotent calls and retries
+    # 6. recovery of calls hit by worker faults: retries and requeues
     if retries is not RetryCheck.OFF:
         for record in history.records:
             final = record.outcome
-            if not record.idempotent:
+            if not isinstance(final, Failed):
                 continue
             who = f"caller #{record.id} ({record.target}, call {record.seq})"
-            if isinstance(final, Failed) and final.kind in _WORKER_FAULT_KINDS:
+            linked = history.trails.get(record.seq) if record.seq is not None else None
+            attempts = f"after {linked.attempts} attempt(s)" if linked is not None else "(attempts unknown)"
+            kind = final.kind.value if final.kind else "?"
+            phase = final.phase.value if final.phase else "?"
+            if final.kind in _WORKER_FAULT_KINDS:
                 safe = final.phase in (Phase.QUEUED, Phase.SENT)
-                if safe or retries is RetryCheck.STRICT:
-                    phase = final.phase.value if final.phase else "?"
-                    report(
-                        f"{who} is idempotent but failed with {final.kind.value if final.kind else '?'} "
-                        f"in phase {phase}" + (" although a retry was safe" if safe else " (strict)")
-                    )
-            requeued = history.trails.get(record.seq) if record.seq is not None else None
+                if (safe or (record.idempotent and retries is RetryCheck.STRICT)) and (
+                    _retry_excuse(history, record, linked) is None
+                ):
+                    why = "although it had certainly not run" if safe else "although it is idempotent"
+                    report(f"{who} failed with {kind} in phase {phase} {attempts}, {why}: it was not retried")
+                    continue
             if (
                 retries is RetryCheck.STRICT
-                and requeued is not None
-                and requeued.requeued
-                and not isinstance(final, Ok)
+                and record.idempotent
+                and linked is not None
+                and linked.requeued
+                and not _requeue_excused(history, record, linked, final)
             ):
                 report(
-                    f"{who} was requeued {requeued.requeued} time(s) but did not succeed through the retry"
+                    f"{who} was requeued {linked.requeued} time(s) but did not succeed "
+                    f"(failed with {kind} in phase {phase} {attempts})"
                 )
 
     # 7. recovery and orphans
@@ -539,6 +664,18 @@ def check_history(
     for message in history.violations:
         report(message)
     return out
+
+
+def _requeue_excused(history: History, record: CallRecord, trail: EventTrail, final: Failed) -> bool:
+    kind = final.kind
+    if kind is None:
+        return False  # untyped: reported on its own, and no excuse here
+    if kind in _CALL_DECIDED_KINDS or trail.pool_down:
+        return True
+    if kind in _WORKER_FAULT_KINDS:
+        return _retry_excuse(history, record, trail) is not None
+    strict = record.session_mode in _STRICT_SESSION_MODES
+    return strict and kind in (FailureKind.SESSION_LOST, FailureKind.SESSION_UNAVAILABLE)
 
 
 def assert_history_ok(history: History, **kwargs: Any) -> None:
