@@ -938,10 +938,12 @@ async def slow_worker(
             async with faults.slow(victim, latency=latency, jitter=jitter, seed=seed) as handle:
                 history.fault(f"slow worker {victim.id}: {latency:g}s +- {jitter:g}s per chunk")
                 before = history.ended_count
+                # ... and until the slow worker's own traffic went through the tap: on a loaded
+                # machine the others can serve a third of the load before it sends a byte
                 await wait_until(
-                    lambda: history.ended_count >= before + calls // 3,
+                    lambda: history.ended_count >= before + calls // 3 and bool(handle.records),
                     timeout=20,
-                    describe="a third of the load served while one worker is slow",
+                    describe="a third of the load served while one worker is slow, its traffic held",
                     pool=pool,
                 )
                 served_while_slow = history.ended_count - before
