@@ -935,6 +935,7 @@ class Pool:
                     if call in worker.parked:
                         worker.parked.remove(call)
             self._notify_room()
+            self._notify_changed()  # a draining close may have been waiting for this call
         elif status is CallStatus.SENT and call.worker is not None:
             worker = call.worker
             if stop_running or worker.head() is not call:
@@ -1181,6 +1182,7 @@ class Pool:
                         )
                     )
         worker.sessions.clear()
+        self._notify_room()  # failed waiting calls freed queue room: wake a caller waiting for it
 
     def _expire_sessions(self, now: float) -> None:
         ttl = self.config.sessions.ttl
