@@ -38,18 +38,23 @@ class Call:
         "avoid",
         "call_id",
         "codec",
+        "cpu_ns",
         "deadline",
         "error",
         "event",
+        "ext",
         "idempotent",
         "payload",
+        "queued_at",
         "result",
         "result_codec",
+        "run_ns",
         "seq",
         "session",
         "status",
         "target_name",
         "timeout",
+        "trace",
         "trials",
         "worker",
     )
@@ -84,6 +89,12 @@ class Call:
         self.avoid: Worker | None = None  # a retry prefers any worker but this one
         self.session = session  # the pool's binding record, for session calls
         self.trials: tuple[Any, ...] = ()  # half-open circuit breakers this call is the trial of
+        # telemetry (set only when the pool's call events are observed)
+        self.ext = 0  # header extensions to send with it (protocol FLAG_TRACE | FLAG_TIMING)
+        self.trace: bytes | None = None  # the trace block of its span (FLAG_TRACE)
+        self.queued_at = 0.0  # when this attempt entered the queue (anyio clock)
+        self.run_ns: int | None = None  # worker-reported timings of the last attempt (FLAG_TIMING)
+        self.cpu_ns: int | None = None
 
     @property
     def ended(self) -> bool:
@@ -118,6 +129,7 @@ class Call:
         self.error = None
         self.call_id = 0
         self.attempt += 1
+        self.run_ns = self.cpu_ns = None
         self.event = anyio.Event()
 
     def abandon(self) -> None:

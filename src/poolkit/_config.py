@@ -23,6 +23,7 @@ __all__ = [
     "RestartPolicy",
     "RetryPolicy",
     "SessionPolicy",
+    "TelemetryPolicy",
     "WorkerSpec",
 ]
 
@@ -168,6 +169,22 @@ class SessionPolicy(BaseModel):
     max_per_worker: int = Field(default=10_000, ge=1, description="live sessions bound to one worker")
 
 
+class TelemetryPolicy(BaseModel):
+    """What the pool reports besides its in-process subscribers (docs/telemetry.md).
+
+    ``traces`` / ``metrics``: record OpenTelemetry spans / metrics when an SDK is configured
+    (the provider passed to ``Pool(tracer_provider=..., meter_provider=...)``, else the global
+    one), decided when the pool starts. ``log_calls``: log every call event at DEBUG through
+    structlog (lifecycle events are always logged). Off or unconfigured, a call costs
+    nothing beyond one flag test."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    traces: bool = True
+    metrics: bool = True
+    log_calls: bool = False
+
+
 class PoolConfig(BaseModel):
     """Everything a :class:`~poolkit.Pool` needs. All durations are in seconds."""
 
@@ -216,6 +233,7 @@ class PoolConfig(BaseModel):
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     recycle: RecyclePolicy = Field(default_factory=RecyclePolicy)
     sessions: SessionPolicy = Field(default_factory=SessionPolicy)
+    telemetry: TelemetryPolicy = Field(default_factory=TelemetryPolicy)
 
     @model_validator(mode="after")
     def _check(self) -> PoolConfig:

@@ -1,10 +1,18 @@
 """structlog loggers that print nothing by default beyond warnings.
 
-poolkit is a library: it must not configure logging for its users. These loggers are
-structlog's stdlib-bound loggers over ``logging.getLogger("poolkit...")``, which has no
-handler until the application adds one, so only WARNING and above reach Python's
-last-resort handler. Worker output (print, stderr) is logged at INFO, tagged with the
-worker id and pid, and is therefore silent unless the application asks for it.
+poolkit is a library: it must not configure logging for its users, and it must fit the
+logging they configured. So each log call goes one of two ways, decided when it is made:
+
+* the application configured structlog (``structlog.is_configured()``): the entry goes
+  through structlog's global configuration, so the application's processors, renderer and
+  level filter apply, and ``structlog.testing.capture_logs`` sees it;
+* otherwise: structlog's stdlib-bound logger over ``logging.getLogger("poolkit...")``, which
+  has no handler until the application adds one, so only WARNING and above reach Python's
+  last-resort handler.
+
+Loggers are bound with the pool's name and, where they apply, the worker id, pid and call
+number (``docs/telemetry.md``). Worker output (print, stderr) is logged at INFO, so it is
+silent unless the application asks for it.
 """
 
 from __future__ import annotations
@@ -14,17 +22,56 @@ from typing import Any
 
 import structlog
 
-__all__ = ["get_logger"]
+__all__ = ["Logger", "get_logger"]
 
 
-def get_logger(name: str = "poolkit", **initial: Any) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.wrap_logger(
-        logging.getLogger(name),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        processors=[
-            structlog.stdlib.filter_by_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.stdlib.render_to_log_kwargs,
-        ],
-    )
-    return logger.bind(**initial) if initial else logger
+class Logger:
+    """A bound logger that picks its route per call (module docstring). Cheap to bind."""
+
+    __slots__ = ("_context", "_name", "_std")
+
+    def __init__(self, name: str, context: dict[str, Any]) -> None:
+        self._name = name
+        self._context = context
+        self._std: structlog.stdlib.BoundLogger | None = None
+
+    def bind(self, **values: Any) -> Logger:
+        return Logger(self._name, {**self._context, **values})
+
+    def _route(self) -> Any:
+        if structlog.is_configured():
+            return structlog.get_logger(self._name, **self._context)
+        std = self._std
+        if std is None:
+            std = self._std = structlog.wrap_logger(
+                logging.getLogger(self._name),
+                wrapper_class=structlog.stdlib.BoundLogger,
+                processors=[
+                    structlog.stdlib.filter_by_level,
+                    structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.stdlib.render_to_log_kwargs,
+                ],
+            ).bind(**self._context)
+        return std
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._route().debug(event, **kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._route().info(event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._route().warning(event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._route().error(event, **kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self._route().exception(event, **kw)
+
+    def log(self, level: int, event: str, **kw: Any) -> None:
+        self._route().log(level, event, **kw)
+
+
+def get_logger(name: str = "poolkit", **initial: Any) -> Logger:
+    return Logger(name, initial)

@@ -74,13 +74,21 @@ from ._events import (
     CallRetried,
     Event,
     Listener,
+    PoolClosing,
+    PoolStarted,
     PoolStateChanged,
+    PoolStopped,
+    QueueSaturated,
     SessionBound,
     SessionEnded,
+    SessionExpired,
     SessionRebound,
     SessionStateLost,
     WorkerExited,
+    WorkerOutput,
+    WorkerReady,
     WorkerRecycled,
+    WorkerSpawned,
     WorkerStateChanged,
 )
 from ._log import get_logger
@@ -88,6 +96,7 @@ from ._recovery import RECOVERY, BreakerState, CircuitBreaker, RestartBudget, re
 from ._scheduler import Scheduler
 from ._session import AffinityMode, Binding, PoolSession, check_key, check_mode
 from ._state import PoolEvent, PoolState, PoolStateMachine, Transition, WorkerEvent, WorkerState
+from ._telemetry import EventStream, Telemetry
 from ._transport import Launcher, SubprocessLauncher
 from ._worker import Worker, WorkerOwner
 
@@ -154,6 +163,8 @@ class Pool:
     in-process fake workers (bridge layer) and scripted workers (mock layer) this way.
     ``clock`` is what every time-based behaviour reads (see :mod:`poolkit._clock`); ``rng``
     draws the jitter of backoffs and recycling limits (seed it for reproducible tests).
+    ``tracer_provider`` / ``meter_provider``: the OpenTelemetry providers to report to
+    (default: the global ones, if an SDK is configured; docs/telemetry.md).
     """
 
     def __init__(
@@ -165,6 +176,8 @@ class Pool:
         worker_factory: WorkerFactory | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
         **overrides: Any,
     ) -> None:
         if config is None:
@@ -177,7 +190,17 @@ class Pool:
         self._worker_factory: WorkerFactory = worker_factory or Worker
         self._fsm = PoolStateMachine(self.name)
         self._fsm.on_change = self._on_pool_transition
-        self._listeners: list[Listener] = []
+        telemetry = config.telemetry
+        self._tel = Telemetry(
+            self.name,
+            log_calls=telemetry.log_calls,
+            traces=telemetry.traces,
+            metrics=telemetry.metrics,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+        self._saturated = False  # QueueSaturated was emitted; re-armed by an admission with room
+        self._started_at = 0.0
         self._codec = proto.Codec.PICKLE if config.worker.codec == "pickle" else proto.Codec.JSON
         self._workers: dict[str, Worker] = {}
         self._worker_ids = itertools.count(1)
@@ -251,12 +274,14 @@ class Pool:
         traceback) if workers keep failing to start; nothing is left running in that case.
         """
         self._fsm.fire(PoolEvent.START)
+        self._started_at = anyio.current_time()
+        self._tel.start(self)
         self._exit_stack = contextlib.AsyncExitStack()
         self.task_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
         self._housekeeper_scope = anyio.CancelScope()
         self.task_group.start_soon(self._housekeeper, name=f"poolkit housekeeper {self.name}")
         for _ in range(self.config.min_workers):
-            self._spawn()
+            self._spawn("start")
         try:
             await self._wait_for(
                 lambda: self._failure is not None or self._count_ready() >= self.config.min_workers
@@ -277,7 +302,10 @@ class Pool:
         if not self._fsm.can(PoolEvent.STARTED):  # aclose() ran while we were starting
             raise PoolClosed(self.name, detail="closed while starting")
         self._fsm.fire(PoolEvent.STARTED)
-        self._log.debug("pool started", workers=len(self._workers))
+        now = anyio.current_time()
+        self._emit(
+            PoolStarted(pool=self.name, at=now, workers=self._count_ready(), duration=now - self._started_at)
+        )
 
     async def aclose(self, *, drain: bool = True) -> None:
         """Close the pool. With ``drain``, admitted calls may finish (up to ``drain_timeout``);
@@ -298,6 +326,16 @@ class Pool:
             await self._wait_for(lambda: self._fsm.state is PoolState.CLOSED)
             return
         self._fsm.fire(PoolEvent.CLOSE)
+        closing_at = anyio.current_time()
+        self._emit(
+            PoolClosing(
+                pool=self.name,
+                at=closing_at,
+                drain=drain,
+                queued=self._pending(),
+                in_flight=self._in_flight(),
+            )
+        )
         self._notify_room()
         try:
             if drain:
@@ -314,7 +352,17 @@ class Pool:
                 self._housekeeper_scope.cancel()
             self._fsm.fire(PoolEvent.CLOSED)
             self._notify_changed()
-            self._log.debug("pool closed")
+            now = anyio.current_time()
+            self._emit(
+                PoolStopped(
+                    pool=self.name,
+                    at=now,
+                    duration=now - closing_at,
+                    completed=self._completed,
+                    failed=self._failed + self._timed_out + self._cancelled,
+                )
+            )
+            self._tel.stop()
 
     async def _exit_task_group(self) -> None:
         """Exit the workers' task group. Must run in the task (and cancel scope) that entered
@@ -609,6 +657,17 @@ class Pool:
         by later ones racing for each freed slot.
         """
         if self._room_waiters or not self._has_room():
+            if not self._saturated:
+                self._saturated = True
+                self._emit(
+                    QueueSaturated(
+                        pool=self.name,
+                        at=anyio.current_time(),
+                        depth=len(self._queue) + self._session_waiting,
+                        limit=self.config.max_queue,
+                        policy=self.config.queue_policy,
+                    )
+                )
             try:
                 if self.config.queue_policy == "reject":
                     raise QueueFull(self.name, self.config.max_queue)
@@ -618,6 +677,8 @@ class Pool:
                 if call.session is not None:
                     self._forget_unused(call.session)
                 raise
+        elif self._saturated:
+            self._saturated = False
         binding = call.session
         if binding is not None and binding.ended is not None:
             # The session ended while this call waited for room: it starts the key's next one
@@ -635,11 +696,21 @@ class Pool:
         else:  # behind an earlier call of its session: waits its turn there
             binding.waiting.append(call)
             self._session_waiting += 1
-        call.admitted_at = anyio.current_time()
-        if self._listeners:
-            self._emit(
-                CallQueued(pool=self.name, at=call.admitted_at, call=call.seq, target=call.target_name)
+        call.admitted_at = call.queued_at = anyio.current_time()
+        tel = self._tel
+        if tel.calls:
+            tel.emit(
+                CallQueued(
+                    pool=self.name,
+                    at=call.admitted_at,
+                    call=call.seq,
+                    target=call.target_name,
+                    idempotent=call.idempotent,
+                    session=binding.key if binding is not None else None,
+                )
             )
+            call.trace = tel.trace_block(call.seq)
+            call.ext = proto.FLAG_TIMING if call.trace is None else proto.FLAG_TIMING | proto.FLAG_TRACE
         self._dispatch()
 
     async def _result(self, call: Call) -> Any:
@@ -656,7 +727,7 @@ class Pool:
                 if error is None:
                     self._completed += 1
                     self._succeeded(call)
-                    if self._listeners:
+                    if self._tel.calls:
                         worker = call.worker
                         now = anyio.current_time()
                         self._emit(
@@ -667,6 +738,9 @@ class Pool:
                                 target=call.target_name,
                                 worker_id=worker.id if worker else None,
                                 duration=now - call.admitted_at,
+                                attempt=call.attempt,
+                                run_time=call.run_ns / 1e9 if call.run_ns is not None else None,
+                                cpu_time=call.cpu_ns / 1e9 if call.cpu_ns is not None else None,
                             )
                         )
                     return value
@@ -677,7 +751,7 @@ class Pool:
                         self._timed_out += 1
                     else:
                         self._failed += 1
-                    if self._listeners:
+                    if self._tel.calls:
                         self._emit_failed(
                             call, error.kind, getattr(error, "phase", Phase.QUEUED), str(error).split("\n")[0]
                         )
@@ -699,7 +773,7 @@ class Pool:
         except BaseException:
             if not call.ended:
                 self._cancelled += 1
-                if self._listeners:
+                if self._tel.calls:
                     self._emit_failed(call, FailureKind.CANCELLED, call.phase, "cancelled by the caller")
                 self._abandon(call, stop_running=True)
                 self._end_trials(call, None)
@@ -794,7 +868,7 @@ class Pool:
         again at the front: it was admitted long ago and keeps its place."""
         self._retries += 1
         worker = call.worker
-        if self._listeners:
+        if self._tel.calls:
             self._emit(
                 CallRetried(
                     pool=self.name,
@@ -822,11 +896,11 @@ class Pool:
         except BaseException as exc:
             if isinstance(exc, PoolError):
                 self._timed_out += 1
-                if self._listeners:
+                if self._tel.calls:
                     self._emit_failed(call, exc.kind, Phase.QUEUED, str(exc))
             else:
                 self._cancelled += 1
-                if self._listeners:
+                if self._tel.calls:
                     self._emit_failed(call, FailureKind.CANCELLED, Phase.QUEUED, "cancelled by the caller")
             raise
         finally:
@@ -835,16 +909,17 @@ class Pool:
         if self._hard_closing or self._failure is not None:
             self._failed += 1
             closed = self._failure or PoolClosed(self.name, detail="closed before the retry was sent")
-            if self._listeners:
+            if self._tel.calls:
                 self._emit_failed(call, closed.kind, Phase.QUEUED, str(closed).split("\n")[0])
             raise closed
         call.status = CallStatus.QUEUED
+        call.queued_at = anyio.current_time()
         if self._breaker.state is not _CLOSED or call.target_name in self._tripped:
             try:
                 call.trials = self._check_breakers(call.target_name)
             except CircuitOpen as exc:
                 self._failed += 1
-                if self._listeners:
+                if self._tel.calls:
                     self._emit_failed(call, exc.kind, Phase.QUEUED, str(exc))
                 raise
         self._queue.appendleft(call)
@@ -865,6 +940,9 @@ class Pool:
                 phase=phase,
                 error=message,
                 duration=now - call.admitted_at,
+                attempt=call.attempt,
+                run_time=call.run_ns / 1e9 if call.run_ns is not None else None,
+                cpu_time=call.cpu_ns / 1e9 if call.cpu_ns is not None else None,
             )
         )
 
@@ -875,49 +953,76 @@ class Pool:
         Listeners run synchronously inside the pool's bookkeeping: they must be quick and must
         not call back into the pool. An exception in a listener is logged and ignored.
         """
-        self._listeners.append(listener)
+        return self._tel.subscribe(listener)
 
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return unsubscribe
+    def events(self, *, buffer: float = 10_000, types: tuple[type[Event], ...] | None = None) -> EventStream:
+        """This pool's events as an async iterator: ``async with pool.events() as stream:
+        async for event in stream``. Subscribed from this call on; ends after ``PoolClosed``.
+        ``types``: only these event classes. ``buffer``: how far the consumer may fall
+        behind; past it the iteration raises :class:`~poolkit.EventStreamOverflow` (after
+        the events before the gap), never silently skips."""
+        return EventStream(self._tel, buffer, types)
 
     def _emit(self, event: Event) -> None:
-        for listener in tuple(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                self._log.exception(
-                    "event listener failed", listener=repr(listener), event_type=type(event).__name__
-                )
+        self._tel.emit(event)
 
     def _on_pool_transition(self, transition: Transition[PoolState, PoolEvent]) -> None:
-        if self._listeners:
-            self._emit(
-                PoolStateChanged(
-                    pool=self.name,
-                    at=anyio.current_time(),
-                    from_state=transition.from_state,
-                    to_state=transition.to_state,
-                    reason=transition.reason or transition.event.value,
-                )
+        self._emit(
+            PoolStateChanged(
+                pool=self.name,
+                at=anyio.current_time(),
+                from_state=transition.from_state,
+                to_state=transition.to_state,
+                reason=transition.reason or transition.event.value,
             )
+        )
 
     def worker_state_changed(self, worker: Worker, transition: Transition[WorkerState, WorkerEvent]) -> None:
         self._scale_settled = False
-        if self._listeners:
+        at = anyio.current_time()
+        self._emit(
+            WorkerStateChanged(
+                pool=self.name,
+                at=at,
+                worker_id=worker.id,
+                pid=worker.pid,
+                from_state=transition.from_state,
+                to_state=transition.to_state,
+                reason=transition.reason or transition.event.value,
+            )
+        )
+        event = transition.event
+        if event is WorkerEvent.SPAWNED:
             self._emit(
-                WorkerStateChanged(
-                    pool=self.name,
-                    at=anyio.current_time(),
-                    worker_id=worker.id,
-                    pid=worker.pid,
-                    from_state=transition.from_state,
-                    to_state=transition.to_state,
-                    reason=transition.reason or transition.event.value,
+                WorkerSpawned(
+                    pool=self.name, at=at, worker_id=worker.id, pid=worker.pid, reason=worker.spawn_reason
                 )
             )
+        elif event is WorkerEvent.HANDSHAKE:
+            features = worker.handshake.get("features")
+            self._emit(
+                WorkerReady(
+                    pool=self.name,
+                    at=at,
+                    worker_id=worker.id,
+                    pid=worker.pid,
+                    startup=at - worker.spawned_at,
+                    features=tuple(str(f) for f in features) if isinstance(features, list) else (),
+                )
+            )
+
+    def worker_output(self, worker: Worker, stream: str, line: str, call: int | None) -> None:
+        self._emit(
+            WorkerOutput(
+                pool=self.name,
+                at=anyio.current_time(),
+                worker_id=worker.id,
+                pid=worker.pid,
+                stream=stream,
+                line=line,
+                call=call,
+            )
+        )
 
     def _abandon(self, call: Call, *, stop_running: bool) -> None:
         """The caller gave up on ``call``. Synchronous, so it is safe under cancellation."""
@@ -968,14 +1073,17 @@ class Pool:
             worker.submit(call)
             sched.update(worker, worker.load, worker.has_room)
             moved = True
-            if self._listeners:
+            if self._tel.calls:
+                now = anyio.current_time()
                 self._emit(
                     CallDispatched(
                         pool=self.name,
-                        at=anyio.current_time(),
+                        at=now,
                         call=call.seq,
                         target=call.target_name,
                         worker_id=worker.id,
+                        attempt=call.attempt,
+                        queue_wait=now - call.queued_at,
                     )
                 )
         if moved:
@@ -1073,7 +1181,7 @@ class Pool:
     def _bind(self, binding: Binding, worker: Worker) -> None:
         binding.worker = worker
         worker.sessions.add(binding.key)
-        if self._listeners:
+        if self._tel.calls:
             self._emit(
                 SessionBound(pool=self.name, at=anyio.current_time(), key=binding.key, worker_id=worker.id)
             )
@@ -1088,7 +1196,7 @@ class Pool:
         binding.lost = None
         binding.rebinds += 1
         worker.sessions.add(binding.key)
-        if self._listeners:
+        if self._tel.calls:
             self._emit(
                 SessionRebound(
                     pool=self.name,
@@ -1132,7 +1240,17 @@ class Pool:
         if worker is not None:
             worker.end_session(binding.key)
             self._session_left(worker)
-        if self._listeners:
+        if reason == "expired":
+            self._emit(
+                SessionExpired(
+                    pool=self.name,
+                    at=anyio.current_time(),
+                    key=binding.key,
+                    worker_id=worker.id if worker is not None else None,
+                    idle=self.clock.now() - binding.last_used,
+                )
+            )
+        elif self._tel.calls:
             self._emit(
                 SessionEnded(
                     pool=self.name,
@@ -1162,12 +1280,11 @@ class Pool:
                 continue
             binding.worker = None
             binding.lost = reason
-            if self._listeners:
-                self._emit(
-                    SessionStateLost(
-                        pool=self.name, at=anyio.current_time(), key=key, worker_id=worker.id, reason=reason
-                    )
+            self._emit(
+                SessionStateLost(
+                    pool=self.name, at=anyio.current_time(), key=key, worker_id=worker.id, reason=reason
                 )
+            )
             if binding.mode != "hint":  # strict: the calls in hand cannot run anywhere
                 pending = list(binding.waiting)
                 binding.waiting.clear()
@@ -1271,19 +1388,23 @@ class Pool:
         room = self.config.worker_limit - len(live) - len(self._pending_spawns)
         want = min(room, len(self._queue) - starting * self.config.pipeline_depth)
         for _ in range(max(0, want)):
-            self._spawn()
+            self._spawn("scale_up")
 
-    def _spawn(self) -> None:
+    def _spawn(self, reason: str) -> None:
         assert self.task_group is not None
         worker = self._worker_factory(
             self, self.config, self._launcher, f"{self.name}-w{next(self._worker_ids)}"
         )
         worker.generation = self._generation
+        worker.spawn_reason = reason
+        worker.spawned_at = anyio.current_time()
         self._workers[worker.id] = worker
         self._worker_starts += 1
         self.task_group.start_soon(worker.run, name=f"poolkit worker {worker.id}")
 
-    def _ensure_workers(self, now: float, *, after_failure: BaseException | None = None) -> None:
+    def _ensure_workers(
+        self, now: float, *, after_failure: BaseException | None = None, reason: str = "min_workers"
+    ) -> None:
         """Start workers up to ``min_workers`` (or one, for a draining pool with calls left).
 
         After a worker failure, replacements are paced (``restart_delay``; held while the
@@ -1319,9 +1440,11 @@ class Pool:
             delay = restart_delay(self._consecutive_failures, policy, self._rng)
             if self._breaker.state is BreakerState.OPEN:
                 delay = max(delay, self._breaker.retry_after(now))
+        if after_failure is not None:
+            reason = "replace"
         for _ in range(need):
             if delay <= 0:
-                self._spawn()
+                self._spawn(reason)
             else:
                 self._pending_spawns.append(now + delay)
                 self._wake_at(now + delay)
@@ -1338,11 +1461,10 @@ class Pool:
         worker.retire_deadline = now + (self.config.recycle.session_drain_timeout if worker.sessions else 0.0)
         if reason != "idle":
             self._recycled += 1
-        if self._listeners:
-            self._emit(
-                WorkerRecycled(pool=self.name, at=anyio.current_time(), worker_id=worker.id, reason=reason)
-            )
-        self._ensure_workers(now)
+        self._emit(
+            WorkerRecycled(pool=self.name, at=anyio.current_time(), worker_id=worker.id, reason=reason)
+        )
+        self._ensure_workers(now, reason="recycle")
         self._progress_retiring(worker, now)
 
     def _progress_retiring(self, worker: Worker, now: float) -> None:
@@ -1440,15 +1562,7 @@ class Pool:
             if self._consecutive_startup_failures >= self.config.max_startup_failures:
                 self._break(PoolFailed(self.name, self._consecutive_startup_failures, startup_error))
         elif worker.state is WorkerState.FAILED and not self._hard_closing:
-            self._worker_crashes += 1
-            # INFO, not WARNING: the caller of the running call already has a typed error,
-            # and a library must not print on its users' stderr by default.
-            self._log.info(
-                "worker exited unexpectedly",
-                worker_id=worker.id,
-                pid=worker.pid,
-                returncode=worker.returncode,
-            )
+            self._worker_crashes += 1  # logged by the log sink, from WorkerExited
         if failure is not None:
             self._consecutive_failures += 1
             if failure is FailureKind.UNRESPONSIVE:
@@ -1459,24 +1573,26 @@ class Pool:
             reason = failure.value if failure is not None else (worker.retire_reason or "stopped")
             self._lose_sessions(worker, "recycled" if worker.retire_reason and failure is None else reason)
         code = worker.returncode
-        if self._listeners:
-            at = anyio.current_time()
-            self._emit(
-                WorkerExited(
-                    pool=self.name,
-                    at=at,
-                    worker_id=worker.id,
-                    pid=worker.pid,
-                    returncode=code,
-                    expected=failure is None and worker.state is WorkerState.STOPPED,
-                    failure=failure,
-                    cause=crash_cause(
-                        code if code is None or code >= 0 else None,
-                        -code if code is not None and code < 0 else None,
-                    ),
-                )
+        exit_code = code if code is None or code >= 0 else None
+        signal = -code if code is not None and code < 0 else None
+        at = anyio.current_time()
+        self._emit(
+            WorkerExited(
+                pool=self.name,
+                at=at,
+                worker_id=worker.id,
+                pid=worker.pid,
+                returncode=code,
+                expected=failure is None and worker.state is WorkerState.STOPPED,
+                failure=failure,
+                cause=crash_cause(exit_code, signal),
+                exit_code=exit_code,
+                signal=signal,
             )
+        )
+        if self._tel.calls:
             for call in requeue:
+                call.queued_at = at
                 self._emit(
                     CallRequeued(
                         pool=self.name, at=at, call=call.seq, target=call.target_name, worker_id=worker.id
@@ -1541,19 +1657,16 @@ class Pool:
                 self._tripped.discard(breaker.scope)
             else:
                 self._tripped.add(breaker.scope)
-        log = self._log.warning if new is BreakerState.OPEN else self._log.info
-        log("circuit breaker changed", scope=breaker.scope, from_state=old.value, to_state=new.value)
-        if self._listeners:
-            self._emit(
-                BreakerStateChanged(
-                    pool=self.name,
-                    at=anyio.current_time(),
-                    scope=breaker.scope,
-                    from_state=old.value,
-                    to_state=new.value,
-                    failures=breaker.failures,
-                )
+        self._emit(
+            BreakerStateChanged(
+                pool=self.name,
+                at=anyio.current_time(),
+                scope=breaker.scope,
+                from_state=old.value,
+                to_state=new.value,
+                failures=breaker.failures,
             )
+        )
 
     # ---- time: the housekeeper ---------------------------------------------------------------
     def _wake_at(self, when: float) -> None:
@@ -1603,7 +1716,7 @@ class Pool:
                 self._pending_spawns = [t for t in self._pending_spawns if t > now]
                 for _ in due:
                     if not self._hard_closing and self._failure is None:
-                        self._spawn()
+                        self._spawn("replace")
         if now >= self._session_due:
             self._expire_sessions(now)
         if now >= self._idle_due:

@@ -16,10 +16,25 @@ Header (22 bytes, network byte order)::
     0      2    magic       b"PK"
     2      1    version     PROTOCOL_VERSION
     3      1    kind        FrameKind
-    4      2    flags       low 4 bits: payload codec (Codec); other bits reserved, sent as 0
+    4      2    flags       low 4 bits: payload codec (Codec); FLAG_TRACE, FLAG_TIMING;
+                            other bits reserved, sent as 0
     6      8    call_id     unsigned; 0 for frames not about a call
-    14     4    length      payload length in bytes
-    18     4    checksum    CRC-32 of header bytes 0..17 followed by the payload
+    14     4    length      body length in bytes (header extensions + payload)
+    18     4    checksum    CRC-32 of header bytes 0..17 followed by the body
+
+Header extensions (telemetry). Two optional fixed-size blocks may open the body; a flag bit
+says each is there, and they are counted in ``length`` and covered by the checksum. A pool
+sets them only towards workers that announced the matching READY feature, so a worker that
+knows nothing of them never sees one::
+
+    FLAG_TRACE  (CALL)          26 bytes  version (0), trace_id (16), span_id (8), trace_flags (1):
+                                          W3C trace context of the caller's span, so the worker
+                                          side can continue the trace  [feature "trace_context"]
+    FLAG_TIMING (CALL)           0 bytes  the pool asks for timings   [feature "timings"]
+    FLAG_TIMING (RESULT, ERROR) 16 bytes  run_ns (8), cpu_ns (8): wall and process-CPU
+                                          nanoseconds the worker spent on the call
+
+A CALL carrying both has the trace block first. The codec bits describe the payload after them.
 """
 
 from __future__ import annotations
@@ -33,10 +48,14 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "FLAG_TIMING",
+    "FLAG_TRACE",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
     "PROTOCOL_VERSION",
+    "TIMING",
+    "TRACE",
     "Codec",
     "Frame",
     "FrameDecoder",
@@ -45,6 +64,9 @@ __all__ = [
     "decode_payload",
     "encode_frame",
     "encode_payload",
+    "split_timing",
+    "split_trace",
+    "traceparent",
 ]
 
 MAGIC = b"PK"
@@ -55,6 +77,10 @@ _PREFIX = struct.Struct("!2sBBHQI")  # the header without its checksum
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 _CODEC_MASK = 0x000F
 _CODECS = frozenset({0, 1})
+FLAG_TRACE = 0x0010
+FLAG_TIMING = 0x0020
+TRACE = struct.Struct("!B16s8sB")  # version, trace_id, span_id, trace_flags
+TIMING = struct.Struct("!QQ")  # run_ns, cpu_ns
 
 
 class FrameKind(enum.IntEnum):
@@ -105,13 +131,37 @@ class Frame(NamedTuple):
         return Codec(self.flags & _CODEC_MASK)
 
 
-def encode_frame(kind: int, call_id: int, payload: bytes = b"", codec: int = Codec.JSON) -> bytes:
-    """Return one complete frame (header + payload) as bytes."""
+def encode_frame(
+    kind: int, call_id: int, payload: bytes = b"", codec: int = Codec.JSON, flags: int = 0
+) -> bytes:
+    """Return one complete frame (header + body) as bytes. ``flags`` are the extension bits
+    (FLAG_TRACE, FLAG_TIMING); ``payload`` must then already start with their blocks."""
     if codec not in _CODECS:
         raise ValueError(f"unknown payload codec {codec!r}")
-    prefix = _PREFIX.pack(MAGIC, PROTOCOL_VERSION, kind, codec & _CODEC_MASK, call_id, len(payload))
+    prefix = _PREFIX.pack(MAGIC, PROTOCOL_VERSION, kind, codec | flags, call_id, len(payload))
     checksum = zlib.crc32(payload, zlib.crc32(prefix))
     return prefix + checksum.to_bytes(4, "big") + payload
+
+
+def split_trace(payload: bytes) -> tuple[bytes, bytes]:
+    """A FLAG_TRACE body: (the 26-byte trace block, the rest). Raises ProtocolViolation if short."""
+    if len(payload) < TRACE.size:
+        raise ProtocolViolation(f"FLAG_TRACE set, but the body has only {len(payload)} bytes")
+    return payload[: TRACE.size], payload[TRACE.size :]
+
+
+def split_timing(payload: bytes) -> tuple[int, int, bytes]:
+    """A FLAG_TIMING reply body: (run_ns, cpu_ns, the rest). Raises ProtocolViolation if short."""
+    if len(payload) < TIMING.size:
+        raise ProtocolViolation(f"FLAG_TIMING set, but the body has only {len(payload)} bytes")
+    run_ns, cpu_ns = TIMING.unpack_from(payload)
+    return run_ns, cpu_ns, payload[TIMING.size :]
+
+
+def traceparent(block: bytes) -> str:
+    """The W3C ``traceparent`` header value of a 26-byte trace block."""
+    _version, trace_id, span_id, trace_flags = TRACE.unpack(block)
+    return f"00-{trace_id.hex()}-{span_id.hex()}-{trace_flags:02x}"
 
 
 def encode_payload(obj: Any, codec: int) -> bytes:

@@ -83,6 +83,9 @@ class WorkerOwner(Protocol):
     def worker_capacity(self, worker: Worker) -> None:
         """The worker's in-flight count changed (a call ended)."""
 
+    def worker_output(self, worker: Worker, stream: str, line: str, call: int | None) -> None:
+        """The worker wrote a line (LOG frame or its stderr pipe); ``call``: the call's seq."""
+
     def worker_exited(
         self, worker: Worker, requeue: list[Call], startup_error: WorkerStartupError | None
     ) -> None:
@@ -123,6 +126,9 @@ class Worker:
         self.returncode: int | None = None
         self.calls_completed = 0
         self.handshake: dict[str, Any] = {}
+        self.extensions = 0  # header extensions its runtime announced (FLAG_TRACE, FLAG_TIMING)
+        self.spawn_reason = "start"  # why the pool started it (WorkerSpawned.reason)
+        self.spawned_at = 0.0  # when the pool asked for it (anyio clock)
         self._owner = owner
         self._config = config
         self._launcher = launcher
@@ -190,7 +196,20 @@ class Worker:
         call.worker = self
         call.status = CallStatus.SENT
         self._inflight[call_id] = call
-        self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec))
+        ext = call.ext & self.extensions
+        if not ext:
+            self._out_tx.send_nowait(
+                proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec)
+            )
+            return
+        body = call.payload
+        if ext & proto.FLAG_TRACE:
+            assert call.trace is not None
+            if len(body) + len(call.trace) <= self._max_frame:
+                body = call.trace + body
+            else:  # the trace block would push it over the limit: send it untraced
+                ext &= ~proto.FLAG_TRACE
+        self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.CALL, call_id, body, call.codec, ext))
 
     def cancel(self, call: Call) -> None:
         """The caller of ``call`` gave up. Stop the call without harming the others.
@@ -374,6 +393,7 @@ class Worker:
                         continue
                     if frame.kind is proto.FrameKind.READY:
                         self.handshake = self._json(frame.payload) or {}
+                        self.extensions = _extensions(self.handshake)
                         if self.handshake.get("protocol") != proto.PROTOCOL_VERSION:
                             self.kill("protocol version mismatch")
                             return WorkerStartupError(
@@ -457,10 +477,18 @@ class Worker:
             if call is None:
                 return
             self.calls_completed += 1
+            payload = frame.payload
+            if frame.flags & proto.FLAG_TIMING:
+                try:
+                    call.run_ns, call.cpu_ns, payload = proto.split_timing(payload)
+                except proto.ProtocolViolation as exc:
+                    self._inflight = {call.call_id: call, **self._inflight}
+                    self._protocol_fault(str(exc))
+                    return
             if call.status is CallStatus.SENT:
                 if kind is proto.FrameKind.RESULT:
-                    call.succeed(frame.payload, frame.codec)
-                elif not isinstance(self._json(frame.payload), dict):
+                    call.succeed(payload, frame.codec)
+                elif not isinstance(self._json(payload), dict):
                     # A worker that cannot describe its own error is not trustworthy: a
                     # protocol fault like any other (the call fails with ProtocolError, the
                     # worker is replaced, the breakers count it).
@@ -468,7 +496,7 @@ class Worker:
                     self._protocol_fault(f"ERROR frame for call {call.call_id} is not a JSON object")
                     return
                 else:
-                    call.fail(self._remote_error(call, frame.payload))
+                    call.fail(self._remote_error(call, payload))
             self._after_call()
         elif kind is proto.FrameKind.CANCELLED:
             call = self._inflight.pop(frame.call_id, None)
@@ -554,8 +582,9 @@ class Worker:
     def _on_log(self, frame: proto.Frame) -> None:
         info = self._json(frame.payload)
         if isinstance(info, dict):
-            self._log.info(
-                "worker output", stream=info.get("stream"), line=info.get("line"), call_id=frame.call_id
+            call = self._inflight.get(frame.call_id) if frame.call_id else None
+            self._owner.worker_output(
+                self, str(info.get("stream", "stdout")), str(info.get("line", "")), call.seq if call else None
             )
 
     async def _writer_loop(self) -> None:
@@ -596,7 +625,7 @@ class Worker:
     def _stderr_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self._stderr_tail.append(line)
-        self._log.info("worker output", stream="stderr", line=line)
+        self._owner.worker_output(self, "stderr", line, None)
 
     async def _escalate(self) -> None:
         assert self._conn is not None
@@ -662,6 +691,15 @@ class Worker:
                 call.worker = None
                 requeue.append(call)
         self._owner.worker_exited(self, requeue, startup_error)
+
+
+def _extensions(handshake: dict[str, Any]) -> int:
+    """The header extensions a worker may be sent, from the features its READY announced."""
+    features = handshake.get("features")
+    if not isinstance(features, list):
+        return 0
+    ext = proto.FLAG_TRACE if "trace_context" in features else 0
+    return ext | (proto.FLAG_TIMING if "timings" in features else 0)
 
 
 def _parent_main() -> dict[str, Any]:

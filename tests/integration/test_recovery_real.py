@@ -39,7 +39,7 @@ from poolkit import (
     PoolFailed,
     PoolSession,
     PoolState,
-    SessionEnded,
+    SessionExpired,
     SessionLost,
     SessionRebound,
     SessionStateLost,
@@ -1087,8 +1087,8 @@ async def test_max_lifetime_recycles_a_real_worker_on_the_pool_clock(poolkit_iso
 async def test_session_ttl_expiry_drops_the_state_in_the_worker(
     poolkit_isolation: Isolation, mode: Literal["hint", "strict_queue", "strict_fail_fast"]
 ) -> None:
-    """An idle session expires after sessions.ttl on the pool's (manual) clock: SessionEnded
-    (reason expired), and the worker really drops its state (one worker: a new session with
+    """An idle session expires after sessions.ttl on the pool's (manual) clock: SessionExpired,
+    and the worker really drops its state (one worker: a new session with
     the key starts empty). The expired handle rebinds (hint) or raises SessionLost (strict)."""
     clock = ManualClock()
     async with _pool(
@@ -1103,9 +1103,9 @@ async def test_session_ttl_expiry_drops_the_state_in_the_worker(
             clock.advance(9.0)
             assert await s.call(targets.remember, 3) == [1, 2, 3]  # within the ttl of its last use
             clock.advance(10.5)
-            await wait_until(lambda: bool(events.of(SessionEnded)), pool=pool, describe="session expiry")
-            (ended,) = events.of(SessionEnded)
-            assert ended.key == "t" and ended.reason == "expired"
+            await wait_until(lambda: bool(events.of(SessionExpired)), pool=pool, describe="session expiry")
+            (ended,) = events.of(SessionExpired)
+            assert ended.key == "t" and ended.idle >= 10.0
             assert pool.statistics().sessions == 0
             if mode == "hint":
                 assert await s.call(targets.remember, 4) == [4]

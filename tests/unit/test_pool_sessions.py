@@ -28,6 +28,7 @@ from poolkit import (
     PoolSession,
     SessionBound,
     SessionEnded,
+    SessionExpired,
     SessionLost,
     SessionRebound,
     SessionStateLost,
@@ -504,8 +505,8 @@ async def test_session_refused_for_max_per_worker_is_not_kept(layer: str) -> Non
 
 # ---- TTL -----------------------------------------------------------------------------------------
 async def test_idle_session_expires_after_ttl_on_the_clock(layer: str) -> None:
-    """A session idle for sessions.ttl (on the pool's clock) expires: SessionEnded reason
-    "expired", the worker drops its state, and a strict handle on it then raises SessionLost
+    """A session idle for sessions.ttl (on the pool's clock) expires: SessionExpired (with how
+    long it sat idle), the worker drops its state, and a strict handle on it then raises SessionLost
     reason "expired"."""
     clock = ManualClock()
     with anyio.fail_after(scaled(10)):
@@ -515,7 +516,7 @@ async def test_idle_session_expires_after_ttl_on_the_clock(layer: str) -> None:
             assert await s.call(T.remember, 1) == [1]
             bound = s.worker_id
             await tick(pool, clock, 29.0)
-            assert pool.statistics().sessions == 1 and rec.of(SessionEnded) == []
+            assert pool.statistics().sessions == 1 and rec.of(SessionExpired) == []
             assert await s.call(T.remember, 2) == [1, 2]  # used again: the TTL starts over
             await tick(pool, clock, 29.0)
             assert pool.statistics().sessions == 1
@@ -523,8 +524,9 @@ async def test_idle_session_expires_after_ttl_on_the_clock(layer: str) -> None:
             await wait_until(
                 lambda: pool.statistics().sessions == 0, pool=pool, describe="the session expired"
             )
-            (ended,) = rec.of(SessionEnded)
-            assert (ended.key, ended.worker_id, ended.reason) == ("t", bound, "expired")
+            (ended,) = rec.of(SessionExpired)
+            assert (ended.key, ended.worker_id, ended.idle) == ("t", bound, 30.0)
+            assert rec.of(SessionEnded) == []  # one record per step: expiry is not also an "end"
             assert s.lost == "expired"
             with pytest.raises(SessionLost) as info:
                 await s.call(T.remember, 3)

@@ -34,6 +34,7 @@ import inspect
 import itertools
 import json
 import math
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ import anyio.abc
 from .. import _protocol as proto
 from .._transport import Connection
 from ..worker import Session
+from ..worker._runtime import FEATURES, _current_trace, _timing_block, _trace_context
 from ._context import FakeExit, freeze_hook, in_process
 
 __all__ = ["BridgeLauncher", "FakeExit"]
@@ -228,11 +230,7 @@ class _FakeWorker:
         self.cancelled: set[int] = set()
         self.shutting_down = False
         self.ended: int | None = None  # input is over: 0 after EOF, 4 after a protocol violation
-
-    def _send(
-        self, kind: proto.FrameKind, call_id: int, payload: bytes = b"", codec: int = proto.Codec.JSON
-    ) -> None:
-        self.conn._write(proto.encode_frame(kind, call_id, payload, codec))
+        self.timing: tuple[int, int] | None = None  # the running call's start (FLAG_TIMING)
 
     def _send_json(self, kind: proto.FrameKind, call_id: int, obj: Any) -> None:
         self._send(kind, call_id, json.dumps(obj).encode())
@@ -279,7 +277,7 @@ class _FakeWorker:
                 "protocol": proto.PROTOCOL_VERSION,
                 "worker_id": self.spec.get("worker_id"),
                 "runtime": "memory",
-                "features": ["session_end", "pong_rss"],
+                "features": list(FEATURES),
             },
         )
         async with anyio.create_task_group() as tg:
@@ -386,9 +384,26 @@ class _FakeWorker:
             session._close(self._report)
 
     async def _call(self, frame: proto.Frame) -> None:
+        """One call, as the runtime runs it: FLAG_TRACE sets ``poolkit.worker.trace_context()``
+        for the target, FLAG_TIMING puts the worker's timings in the reply."""
+        payload = frame.payload
+        self.timing = (
+            (time.perf_counter_ns(), time.process_time_ns()) if frame.flags & proto.FLAG_TIMING else None
+        )
+        if not frame.flags & proto.FLAG_TRACE:
+            await self._run_call(frame, payload)
+            return
+        block, payload = proto.split_trace(payload)
+        token = _current_trace.set(_trace_context(block))
+        try:
+            await self._run_call(frame, payload)
+        finally:
+            _current_trace.reset(token)
+
+    async def _run_call(self, frame: proto.Frame, payload: bytes) -> None:
         codec = frame.codec
         try:
-            call = proto.decode_payload(frame.payload, codec)
+            call = proto.decode_payload(payload, codec)
             target, args, kwargs = call[:3]
             session = None
             if len(call) > 3 and call[3] is not None:
@@ -438,6 +453,15 @@ class _FakeWorker:
             )
             return
         self._send(_K.RESULT, frame.call_id, payload, codec)
+
+    def _send(
+        self, kind: proto.FrameKind, call_id: int, payload: bytes = b"", codec: int = proto.Codec.JSON
+    ) -> None:
+        if (kind is _K.RESULT or kind is _K.ERROR) and self.timing is not None:
+            block, self.timing = _timing_block(self.timing), None
+            self.conn._write(proto.encode_frame(kind, call_id, block + payload, codec, proto.FLAG_TIMING))
+        else:
+            self.conn._write(proto.encode_frame(kind, call_id, payload, codec))
 
     def _target(self, target: Any) -> Any:
         if not isinstance(target, str):

@@ -57,11 +57,16 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from contextvars import ContextVar
+from typing import Any, NamedTuple, TypeVar
 
 from .._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    FLAG_TIMING,
+    FLAG_TRACE,
     PROTOCOL_VERSION,
+    TIMING,
+    TRACE,
     Codec,
     Frame,
     FrameDecoder,
@@ -70,9 +75,19 @@ from .._protocol import (
     decode_payload,
     encode_frame,
     encode_payload,
+    split_trace,
 )
 
-__all__ = ["EXIT_OK", "EXIT_PROTOCOL_VIOLATION", "EXIT_STARTUP_FAILED", "Session", "main"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_PROTOCOL_VIOLATION",
+    "EXIT_STARTUP_FAILED",
+    "FEATURES",
+    "Session",
+    "TraceContext",
+    "main",
+    "trace_context",
+]
 
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 3
@@ -83,6 +98,81 @@ _CALL, _CANCEL, _PING, _SHUTDOWN = FrameKind.CALL, FrameKind.CANCEL, FrameKind.P
 _SESSION_END = FrameKind.SESSION_END
 _STATM = "/proc/self/statm" if sys.platform.startswith("linux") else None
 _F = TypeVar("_F", bound=Callable[[], object])
+_EXTENSIONS = FLAG_TRACE | FLAG_TIMING
+#: What this runtime announces in READY (docs/protocol.md): the pool uses each only if announced.
+FEATURES = ("session_end", "pong_rss", "trace_context", "timings")
+
+
+class TraceContext(NamedTuple):
+    """The trace context of the pool-side span of the call running now (W3C trace context)."""
+
+    trace_id: str  # 32 lowercase hex digits
+    span_id: str  # 16 lowercase hex digits: the pool's call span, the parent of work done here
+    sampled: bool
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` header value, to hand to any tracing library."""
+        return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
+
+
+# A ContextVar, not a global: the bridge layer runs fake workers as tasks of one event loop.
+_current_trace: ContextVar[TraceContext | None] = ContextVar("poolkit_trace_context", default=None)
+
+
+def trace_context() -> TraceContext | None:
+    """The caller's trace context while a traced call runs in this worker, else None.
+
+    A call carries one when the pool that sent it records traces (an OpenTelemetry SDK is
+    configured in the parent). Workers with their own SDK get a ``poolkit.worker.run`` span
+    for free (its parent is the pool's span); others can pass ``traceparent`` on.
+    """
+    return _current_trace.get()
+
+
+def _trace_context(block: bytes) -> TraceContext:
+    _version, trace_id, span_id, flags = TRACE.unpack(block)
+    return TraceContext(trace_id.hex(), span_id.hex(), bool(flags & 1))
+
+
+def _timing_block(timing: tuple[int, int] | None) -> bytes:
+    if timing is None:
+        return b""
+    return TIMING.pack(time.perf_counter_ns() - timing[0], max(0, time.process_time_ns() - timing[1]))
+
+
+def _worker_span(block: bytes) -> Any:
+    """A ``poolkit.worker.run`` span continuing the pool's trace, if this process has an
+    OpenTelemetry SDK configured (never imports OpenTelemetry itself: a worker that has not
+    imported it pays nothing). Returns a context manager, or None."""
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    if type(provider).__module__.startswith("opentelemetry.trace"):
+        return None  # the API's no-op or proxy provider: no SDK here
+    _version, trace_id, span_id, flags = TRACE.unpack(block)
+    parent = trace.SpanContext(
+        int.from_bytes(trace_id, "big"),
+        int.from_bytes(span_id, "big"),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(flags),
+    )
+    tracer = provider.get_tracer("poolkit.worker")
+    return tracer.start_as_current_span(
+        "poolkit.worker.run",
+        context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+        kind=trace.SpanKind.SERVER,
+        attributes={"poolkit.worker.pid": os.getpid()},
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+
+
+def _span_error(span: Any, body: dict[str, Any]) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("error.type", str(body.get("type")))
+    span.set_status(Status(StatusCode.ERROR, str(body.get("message", ""))[:200]))
 
 
 class Session:
@@ -167,12 +257,16 @@ class _Channel:
             while view:
                 view = view[os.write(self.fd, view) :]
 
-    def send_json(self, kind: int, call_id: int, obj: dict[str, Any]) -> None:
+    def send_json(self, kind: int, call_id: int, obj: dict[str, Any], timing: bytes = b"") -> None:
+        """Send a JSON frame; ``timing`` is a TIMING block to open it with (FLAG_TIMING)."""
         data = _dumps(obj)
-        if len(data) > self.limit:  # a frame the parent would refuse: shorten the text fields
+        if len(data) + len(timing) > self.limit:  # a frame the parent would refuse: shorten the text
             cut = max(16, self.limit // 32)
             data = _dumps({k: v[:cut] if isinstance(v, str) else v for k, v in obj.items()})
-        self.send(encode_frame(kind, call_id, data, _JSON))
+        if timing:
+            self.send(encode_frame(kind, call_id, timing + data, _JSON, FLAG_TIMING))
+        else:
+            self.send(encode_frame(kind, call_id, data, _JSON))
 
 
 def _dumps(obj: Any) -> bytes:
@@ -440,18 +534,51 @@ class _Worker:
                 self.take_back_input()
 
     def run_call(self, frame: Frame) -> None:
-        """Decode, resolve, run and encode one call; every failure becomes an ERROR frame."""
-        call_id, codec, ch = frame.call_id, frame.codec, self.channel
+        """Decode, resolve, run and encode one call; every failure becomes an ERROR frame.
+        A CALL with header extensions (telemetry) takes :meth:`run_extended`."""
+        if frame.flags & _EXTENSIONS:
+            self.run_extended(frame)
+        else:
+            self.answer(frame.call_id, frame.codec, frame.payload, None, None)
+
+    def run_extended(self, frame: Frame) -> None:
+        """The same call, timed (FLAG_TIMING: the reply carries wall and CPU nanoseconds) and
+        inside the caller's trace (FLAG_TRACE: :func:`trace_context` returns it while the call
+        runs, and when this process has an OpenTelemetry SDK configured the call runs in a
+        ``poolkit.worker.run`` span that is a child of the pool's call span)."""
+        timing = (time.perf_counter_ns(), time.process_time_ns()) if frame.flags & FLAG_TIMING else None
+        payload = frame.payload
+        if not frame.flags & FLAG_TRACE:
+            self.answer(frame.call_id, frame.codec, payload, None, timing)
+            return
+        block, payload = split_trace(payload)
+        token = _current_trace.set(_trace_context(block))
+        try:
+            span = _worker_span(block) if "opentelemetry.trace" in sys.modules else None
+            if span is None:
+                self.answer(frame.call_id, frame.codec, payload, None, timing)
+            else:
+                with span as current:
+                    self.answer(frame.call_id, frame.codec, payload, current, timing)
+        finally:
+            _current_trace.reset(token)
+
+    def answer(
+        self, call_id: int, codec: int, payload: bytes, span: Any, timing: tuple[int, int] | None
+    ) -> None:
+        ch = self.channel
         phase = "decoding"
         try:
             if codec is not _JSON and self.spec["codec"] == "json":
                 raise ValueError("this worker is configured for the json codec; it refuses pickle")
-            call = decode_payload(frame.payload, codec)
+            call = decode_payload(payload, codec)
             if type(call) not in (list, tuple) or len(call) not in (3, 4):
                 raise TypeError("a CALL payload is [target, args, kwargs] or [..., session_key]")
             target, args, kwargs = call[0], call[1], call[2]
             if type(args) not in (list, tuple) or type(kwargs) is not dict:
                 raise TypeError("CALL args must be a list and kwargs a dict")
+            if span is not None and isinstance(target, str):
+                span.set_attribute("poolkit.call.target", target)
             session = None
             if len(call) == 4 and call[3] is not None:
                 session = kwargs["session"] = self.session(call[3])
@@ -476,14 +603,22 @@ class _Worker:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit too: a call cannot end the worker
-            ch.send_json(FrameKind.ERROR, call_id, {**_describe(exc), "phase": phase})
+            body = {**_describe(exc), "phase": phase}
+            if span is not None:
+                _span_error(span, body)
+            ch.send_json(FrameKind.ERROR, call_id, body, _timing_block(timing))
             return
         if len(data) > ch.limit:
             message = f"result of {len(data)} bytes exceeds max_frame_size={ch.limit} bytes"
             body = {"type": "poolkit.PayloadTooLarge", "message": message, "traceback": "", "phase": phase}
+            if span is not None:
+                _span_error(span, body)
             ch.send_json(FrameKind.ERROR, call_id, {**body, "size": len(data), "limit": ch.limit})
             return
-        ch.send(encode_frame(FrameKind.RESULT, call_id, data, codec))
+        if timing is None:
+            ch.send(encode_frame(FrameKind.RESULT, call_id, data, codec))
+        else:
+            ch.send(encode_frame(FrameKind.RESULT, call_id, _timing_block(timing) + data, codec, FLAG_TIMING))
 
     def resolve(self, target: str) -> Any:
         """``"pkg.mod:attr.sub"`` imports; a bare ``"name"`` is a handler method. Cached."""
@@ -722,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     ready = {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "worker_id": spec["worker_id"]}
     ready.update(runtime="python", python="{}.{}.{}".format(*sys.version_info[:3]))
     ready.update(handler=spec["handler"], codec=spec["codec"])
-    ready.update(features=["session_end", "pong_rss"])
+    ready.update(features=list(FEATURES))
     try:
         channel.send_json(FrameKind.READY, 0, ready)
         worker.start_heartbeat()
