@@ -722,22 +722,7 @@ async def _retry_while_draining(seed: int) -> object:
     return outcome[0] if outcome else "no outcome"
 
 
-@pytest.mark.parametrize(
-    "anyio_backend",
-    [
-        "asyncio",
-        pytest.param(
-            "trio",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a draining pool's drain ends in the gap between a call failing and "
-                "its caller deciding to retry it (the call is neither pending, in flight, nor "
-                "retrying): the close proceeds and the idempotent call fails instead of being "
-                "retried, on the schedules where aclose's task runs before the caller's",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_call_retried_while_the_pool_drains_gets_a_worker(anyio_backend: str) -> None:
     """An idempotent call whose (only) worker dies while the pool drains is retried: the
     draining pool starts a worker for it, as it does for a requeued call, the call succeeds,
@@ -745,7 +730,8 @@ async def test_a_call_retried_while_the_pool_drains_gets_a_worker(anyio_backend:
 
     Found by the property test: the retry sat queued with no worker until the real-time
     drain_timeout, then failed with PoolClosed; fixed in 600eec4. On trio, whose scheduler
-    shuffles runnable tasks, some schedules still lose the call (xfail)."""
+    shuffles runnable tasks, some schedules then still lost the call: the drain ended in the
+    gap between the call failing and its caller's task deciding to retry it."""
     outcomes = [await _retry_while_draining(seed) for seed in range(12)]
     assert outcomes == ["x"] * 12, outcomes
 
