@@ -9,7 +9,9 @@ What it shows, in order:
 4. a worker killed by SIGKILL mid-call: only that call fails, with a typed error, and the
    pool replaces the worker;
 5. a call stuck past its deadline: a typed timeout at the deadline, the worker replaced;
-6. the pool's statistics and repr, then a clean close that leaves no process behind.
+6. what the pool's event stream said about those two failures (``pool.events``, subscribed
+   to worker lifecycle events only, so the calls above stay free of telemetry work);
+7. the pool's statistics and repr, then a clean close that leaves no process behind.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ import time
 
 import anyio
 
-from poolkit import CallTimeout, Pool, PoolConfig, WorkerCrashed
+from poolkit import (
+    CallTimeout,
+    Pool,
+    PoolConfig,
+    WorkerCrashed,
+    WorkerExited,
+    WorkerReady,
+    WorkerSpawned,
+)
 
 
 def square(x: int) -> int:
@@ -93,7 +103,8 @@ async def main(workers: int) -> None:
             f"(one process would take ~{per_job * jobs:.2f} s: {per_job * jobs / elapsed:.1f}x)"
         )
 
-        # 4. a worker dies mid-call
+        # 4. a worker dies mid-call (the event stream records what follows: step 6)
+        lifecycle = pool.events(types=(WorkerExited, WorkerSpawned, WorkerReady))
         t0 = time.perf_counter()
         try:
             await pool.call(die)
@@ -110,9 +121,24 @@ async def main(workers: int) -> None:
             print(f"[5] timeout after {time.perf_counter() - t0:.2f} s: {exc}")
         print(f"    pool still serving: square(9) = {await pool.call(square, 9)}")
 
+        # 6. the same two failures, as the event stream told them
+        async with lifecycle:
+            pass
+        print("[6] events:")
+        for event in lifecycle:
+            if isinstance(event, WorkerExited):
+                why = event.failure.value if event.failure else event.reason
+                detail = f"exited ({event.cause}): {why}"
+            elif isinstance(event, WorkerSpawned):
+                detail = f"spawned, pid {event.pid} (reason: {event.reason})"
+            else:
+                assert isinstance(event, WorkerReady)
+                detail = f"ready after {1000 * event.startup:.0f} ms"
+            print(f"    {event.worker_id} {detail}")
+
         stats = pool.statistics()
         print(
-            f"[6] statistics: {stats.completed} ok, {stats.failed} failed, {stats.timed_out} timed out, "
+            f"[7] statistics: {stats.completed} ok, {stats.failed} failed, {stats.timed_out} timed out, "
             f"{stats.worker_starts} worker starts, {stats.worker_crashes} crashes"
         )
         print(f"    {pool!r}")

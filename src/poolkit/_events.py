@@ -28,6 +28,7 @@ from ._state import PoolState, WorkerState
 
 __all__ = [
     "CALL_EVENTS",
+    "ON_DEMAND_EVENTS",
     "BreakerStateChanged",
     "CallCompleted",
     "CallDispatched",
@@ -156,6 +157,8 @@ class WorkerExited(Event):
     cause: str = ""  # how it died: segfault, abort, killed, exit, clean, ... (crash_cause)
     exit_code: int | None = None  # its exit status, when it exited
     signal: int | None = None  # the signal that ended it, when one did
+    reason: str = ""  # why the pool killed it ("call timed out", "no heartbeat reply ..."), or
+    # "stopped" (asked to exit), or "exited" (on its own)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,7 +286,10 @@ class SessionExpired(Event):
 
 Listener = Callable[[Event], None]
 
-#: The call events: built only when something consumes them (module docstring).
+#: The call events.
 CALL_EVENTS: frozenset[type[Event]] = frozenset(
     {CallQueued, CallDispatched, CallRequeued, CallCompleted, CallFailed, CallRetried}
 )
+#: Events built only when something can receive them (module docstring): the call events and
+#: the per-session binding records, which are as frequent as session calls.
+ON_DEMAND_EVENTS: frozenset[type[Event]] = CALL_EVENTS | {SessionBound, SessionRebound, SessionEnded}

@@ -963,20 +963,26 @@ class Pool:
         )
 
     # ---- events ------------------------------------------------------------------------------
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` for every event this pool emits; returns an unsubscribe function.
+    def subscribe(
+        self, listener: Listener, *, types: tuple[type[Event], ...] | None = None
+    ) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event this pool emits (of ``types`` only, if
+        given); returns an unsubscribe function.
 
         Listeners run synchronously inside the pool's bookkeeping: they must be quick and must
-        not call back into the pool. An exception in a listener is logged and ignored.
+        not call back into the pool. An exception in a listener is logged and ignored. Call
+        events exist only while a subscriber could receive them: a listener for lifecycle
+        ``types`` only leaves the call path as cheap as no listener (docs/telemetry.md).
         """
-        return self._tel.subscribe(listener)
+        return self._tel.subscribe(listener, types)
 
     def events(self, *, buffer: float = 10_000, types: tuple[type[Event], ...] | None = None) -> EventStream:
         """This pool's events as an async iterator: ``async with pool.events() as stream:
-        async for event in stream``. Subscribed from this call on; ends after ``PoolClosed``.
+        async for event in stream``. Subscribed from this call on; ends after ``PoolStopped``.
         ``types``: only these event classes. ``buffer``: how far the consumer may fall
         behind; past it the iteration raises :class:`~poolkit.EventStreamOverflow` (after
-        the events before the gap), never silently skips."""
+        the events before the gap), never silently skips. ``types`` naming no call event
+        leaves call events unbuilt, as for :meth:`subscribe`."""
         return EventStream(self._tel, buffer, types)
 
     def _emit(self, event: Event) -> None:
@@ -1592,6 +1598,7 @@ class Pool:
         exit_code = code if code is None or code >= 0 else None
         signal = -code if code is not None and code < 0 else None
         at = anyio.current_time()
+        expected = failure is None and worker.state is WorkerState.STOPPED
         self._emit(
             WorkerExited(
                 pool=self.name,
@@ -1599,11 +1606,12 @@ class Pool:
                 worker_id=worker.id,
                 pid=worker.pid,
                 returncode=code,
-                expected=failure is None and worker.state is WorkerState.STOPPED,
+                expected=expected,
                 failure=failure,
                 cause=crash_cause(exit_code, signal),
                 exit_code=exit_code,
                 signal=signal,
+                reason=worker.kill_reason or ("stopped" if expected else "exited"),
             )
         )
         if self._tel.calls:
@@ -1630,7 +1638,8 @@ class Pool:
                 self._last_worker_error = error
             self._ensure_workers(now, after_failure=error)
         else:
-            self._ensure_workers(now)
+            replaced = worker.kill_reason or not expected
+            self._ensure_workers(now, reason="replace" if replaced else "min_workers")
         self._dispatch()
         self._notify_changed()
 

@@ -31,6 +31,7 @@ import anyio
 
 from . import _protocol as proto
 from ._events import (
+    ON_DEMAND_EVENTS,
     BreakerStateChanged,
     CallCompleted,
     CallDispatched,
@@ -116,7 +117,7 @@ class Telemetry:
     ) -> None:
         self.pool_name = pool_name
         self.log = get_logger("poolkit.pool", pool=pool_name)
-        self.listeners: list[Listener] = []
+        self.listeners: list[_Subscription] = []
         self.traces: TraceSink | None = None
         self.metrics: MetricsSink | None = None
         self._log_sink = LogSink(pool_name, log_calls=log_calls)
@@ -153,13 +154,23 @@ class Telemetry:
         if self.metrics is not None:
             self.metrics.detach()
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self.listeners.append(listener)
+    def subscribe(
+        self, listener: Listener, types: tuple[type[Event], ...] | None = None
+    ) -> Callable[[], None]:
+        """Add ``listener`` (for events of ``types`` only, if given); returns the unsubscribe
+        function. Only a subscription that can receive on-demand events turns them on."""
+        if types is not None:
+            types = tuple(types)
+            for t in types:
+                if not (isinstance(t, type) and issubclass(t, Event)):
+                    raise TypeError(f"types must be Event subclasses, got {t!r}")
+        sub = _Subscription(listener, types)
+        self.listeners.append(sub)
         self._rebuild()
 
         def unsubscribe() -> None:
             try:
-                self.listeners.remove(listener)
+                self.listeners.remove(sub)
             except ValueError:
                 return
             self._rebuild()
@@ -173,7 +184,8 @@ class Telemetry:
         if self.metrics is not None:
             sinks.append(self.metrics)
         self._sinks = tuple(sinks)
-        self.calls = bool(self.listeners) or len(sinks) > 1 or self._log_calls
+        demand = any(sub.on_demand for sub in self.listeners)
+        self.calls = demand or len(sinks) > 1 or self._log_calls
 
     def emit(self, event: Event) -> None:
         for sink in self._sinks:
@@ -183,17 +195,29 @@ class Telemetry:
                 self.log.exception(
                     "telemetry sink failed", sink=type(sink).__name__, event_type=type(event).__name__
                 )
-        for listener in tuple(self.listeners):
+        for sub in tuple(self.listeners):
+            if sub.types is not None and not isinstance(event, sub.types):
+                continue
             try:
-                listener(event)
+                sub.listener(event)
             except Exception:
                 self.log.exception(
-                    "event listener failed", listener=repr(listener), event_type=type(event).__name__
+                    "event listener failed", listener=repr(sub.listener), event_type=type(event).__name__
                 )
 
     def trace_block(self, call: int) -> bytes | None:
         """The FLAG_TRACE block of call ``call``'s span, for its CALL frame."""
         return self.traces.block(call) if self.traces is not None else None
+
+
+class _Subscription:
+    __slots__ = ("listener", "on_demand", "types")
+
+    def __init__(self, listener: Listener, types: tuple[type[Event], ...] | None) -> None:
+        self.listener = listener
+        self.types = types
+        # Could it receive an on-demand event? (A filter naming Event itself, or a base of one.)
+        self.on_demand = types is None or any(issubclass(kind, t) for kind in ON_DEMAND_EVENTS for t in types)
 
 
 # --------------------------------------------------------------------------- structlog
@@ -573,7 +597,9 @@ class EventStream:
         )
         self.dropped = 0
         self._leftover: collections.deque[Event] = collections.deque()
-        self._unsubscribe: Callable[[], None] | None = telemetry.subscribe(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = telemetry.subscribe(
+            self._on_event, None if types is None else (*types, PoolStopped)
+        )
 
     def _on_event(self, event: Event) -> None:
         if self.dropped:

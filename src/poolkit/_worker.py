@@ -128,6 +128,7 @@ class Worker:
         self.handshake: dict[str, Any] = {}
         self.extensions = 0  # header extensions its runtime announced (FLAG_TRACE, FLAG_TIMING)
         self.spawn_reason = "start"  # why the pool started it (WorkerSpawned.reason)
+        self.kill_reason = ""  # why the pool killed it, if it did (WorkerExited.reason)
         self.spawned_at = 0.0  # when the pool asked for it (anyio clock)
         self._owner = owner
         self._config = config
@@ -243,6 +244,7 @@ class Worker:
         if self._kill_requested or self.fsm.state.is_terminal:
             return
         self._kill_requested = True
+        self.kill_reason = reason
         if failure is not None and self.failure is None:
             self.failure = failure
         if fault is not None:
