@@ -744,21 +744,7 @@ class Pool:
                     self._completed += 1
                     self._succeeded(call)
                     if self._tel.calls:
-                        worker = call.worker
-                        now = anyio.current_time()
-                        self._emit(
-                            CallCompleted(
-                                pool=self.name,
-                                at=now,
-                                call=call.seq,
-                                target=call.target_name,
-                                worker_id=worker.id if worker else None,
-                                duration=now - call.admitted_at,
-                                attempt=call.attempt,
-                                run_time=call.run_ns / 1e9 if call.run_ns is not None else None,
-                                cpu_time=call.cpu_ns / 1e9 if call.cpu_ns is not None else None,
-                            )
-                        )
+                        self._emit_completed(call)
                     return value
                 self._end_trials(call, error)
                 delay = self._retry_delay(call, error)
@@ -941,6 +927,52 @@ class Pool:
         self._queue.appendleft(call)
         self._ensure_workers(self.clock.now())  # a draining pool may have let its last worker go
         self._dispatch()
+
+    def _withdraw(self, call: Call) -> None:
+        """Settle a call whose caller will never wait for it (a map left early): one that
+        ended is counted and reported as it ended; one still queued is withdrawn and one
+        running is left to finish unobserved, both reported as cancelled. Every admitted call
+        thus ends in exactly one CallCompleted or CallFailed (and its span ends)."""
+        if call.status is CallStatus.DONE:
+            if call.error is None:
+                self._completed += 1
+                self._succeeded(call)
+                if self._tel.calls:
+                    self._emit_completed(call)
+            else:
+                error = call.error
+                self._end_trials(call, error if isinstance(error, PoolError) else None)
+                self._failed += 1
+                if self._tel.calls:
+                    kind = error.kind if isinstance(error, PoolError) else FailureKind.APPLICATION
+                    self._emit_failed(
+                        call, kind, getattr(error, "phase", Phase.QUEUED), str(error).split("\n")[0]
+                    )
+            return
+        if call.status is CallStatus.ABANDONED:
+            return
+        self._cancelled += 1
+        if self._tel.calls:
+            self._emit_failed(call, FailureKind.CANCELLED, call.phase, "withdrawn: the map was closed early")
+        self._abandon(call, stop_running=False)
+        self._end_trials(call, None)
+
+    def _emit_completed(self, call: Call) -> None:
+        worker = call.worker
+        now = anyio.current_time()
+        self._emit(
+            CallCompleted(
+                pool=self.name,
+                at=now,
+                call=call.seq,
+                target=call.target_name,
+                worker_id=worker.id if worker else None,
+                duration=now - call.admitted_at,
+                attempt=call.attempt,
+                run_time=call.run_ns / 1e9 if call.run_ns is not None else None,
+                cpu_time=call.cpu_ns / 1e9 if call.cpu_ns is not None else None,
+            )
+        )
 
     def _emit_failed(self, call: Call, kind: FailureKind, phase: Phase, message: str) -> None:
         worker = call.worker
@@ -1665,7 +1697,7 @@ class Pool:
         self._pending_spawns.clear()
         if self._fsm.can(PoolEvent.BROKEN):
             self._fsm.fire(PoolEvent.BROKEN, str(failure).splitlines()[0])
-        self._log.error("pool failed", error=str(failure).splitlines()[0])
+        # Logged (ERROR) by the log sink, from the FAILED transition's PoolStateChanged.
         for call in self._queued_calls():
             call.fail(failure)
         self._queue.clear()
@@ -1929,6 +1961,4 @@ class MapIterator:
         """Withdraw what has not run; let running calls finish unobserved."""
         self._source = None
         while self._pending:
-            call = self._pending.popleft()
-            if not call.ended:
-                self._pool._abandon(call, stop_running=False)
+            self._pool._withdraw(self._pending.popleft())

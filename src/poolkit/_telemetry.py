@@ -603,7 +603,8 @@ class EventStream:
 
     def _on_event(self, event: Event) -> None:
         if self.dropped:
-            self.dropped += 1
+            if self._types is None or isinstance(event, self._types):
+                self.dropped += 1
             return
         if self._types is None or isinstance(event, self._types):
             try:
@@ -645,6 +646,8 @@ class EventStream:
         try:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self.close()  # iterated to the end without ``async with``: release it all the same
+            self._receive.close()
             if self.dropped:
                 raise EventStreamOverflow(self.dropped, int(self._buffer)) from None
             raise StopAsyncIteration from None
