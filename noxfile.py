@@ -7,6 +7,8 @@ gives.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -29,6 +31,8 @@ DOWNSTREAM = ROOT / "examples" / "downstream"
 CHAOS_DIR = ROOT / "tests" / "chaos"
 # Forwarded to pytest when set: multiplies the tests' timeouts on slow machines (tests/_util.py).
 PASSTHROUGH_ENV = ["POOLKIT_TIMEOUT_FACTOR"]
+# Where the test runs record the events their pools emit (tests/conftest.py, tests/catalog).
+CATALOG_ENV = "POOLKIT_EVENT_CATALOG_DIR"
 
 
 def _dev_requirement(name: str) -> str:
@@ -41,18 +45,20 @@ def _dev_requirement(name: str) -> str:
     raise LookupError(f"{name!r} is not in the dev extra of pyproject.toml")
 
 
-def _pytest_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
+def _pytest_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**{name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}, **(extra or {})}
 
 
-def _pytest(session: nox.Session, *args: str) -> None:
-    session.run("pytest", *args, *session.posargs, env=_pytest_env())
+def _pytest(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
+    session.run("pytest", *args, *session.posargs, env=_pytest_env(env))
 
 
-def _run_pytest_requiring_tests(session: nox.Session, what: str, *args: str) -> None:
+def _run_pytest_requiring_tests(
+    session: nox.Session, what: str, *args: str, env: dict[str, str] | None = None, posargs: bool = True
+) -> None:
     """Run pytest; exit code 5 ("no tests ran") fails the session with a message saying so."""
     try:
-        session.run("pytest", *args, *session.posargs, env=_pytest_env())
+        session.run("pytest", *args, *(session.posargs if posargs else ()), env=_pytest_env(env))
     except nox.command.CommandFailed as exc:
         if getattr(exc, "return_code", None) == 5:
             session.error(f"{what}: pytest collected no tests (exit code 5); that is a failure, not a pass")
@@ -62,11 +68,11 @@ def _run_pytest_requiring_tests(session: nox.Session, what: str, *args: str) -> 
 # Both runs use xdist, so they pass --benchmark-disable: pytest-benchmark cannot time reliably under
 # xdist and may then emit a PytestBenchmarkWarning, which `filterwarnings = ["error"]` would turn
 # into a failure. Benchmark tests still run their function once, as plain tests.
-def _unit(session: nox.Session) -> None:
-    _pytest(session, "tests/unit", "-n", "2", "--benchmark-disable")
+def _unit(session: nox.Session, env: dict[str, str] | None = None) -> None:
+    _pytest(session, "tests/unit", "-n", "2", "--benchmark-disable", env=env)
 
 
-def _integration(session: nox.Session) -> None:
+def _integration(session: nox.Session, env: dict[str, str] | None = None) -> None:
     # loadgroup: tests marked @pytest.mark.xdist_group("name") run in the same worker process.
     # tests/conformance: the pool's behaviours on every harness layer (mock, bridge, subprocess).
     _pytest(
@@ -78,6 +84,23 @@ def _integration(session: nox.Session) -> None:
         "--dist",
         "loadgroup",
         "--benchmark-disable",
+        env=env,
+    )
+
+
+def _event_catalog(session: nox.Session, directory: Path) -> None:
+    """tests/catalog on its own, over what the runs before it recorded in ``directory``: every
+    event of docs/telemetry.md was emitted, and every emitted event is documented. Without the
+    variable the test would skip, and with no files in the directory it fails, so this run
+    cannot pass vacuously. Extra arguments are not passed on: they are the other runs'."""
+    _run_pytest_requiring_tests(
+        session,
+        "event catalog",
+        "tests/catalog",
+        "-p",
+        "no:cacheprovider",
+        env={CATALOG_ENV: str(directory)},
+        posargs=False,
     )
 
 
@@ -97,10 +120,24 @@ def integration(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit then integration tests, one install. Extra args go to both pytest runs."""
+    """Unit then integration tests, one install, then the event catalog check.
+
+    The catalog check (tests/catalog) compares the events both runs emitted with
+    docs/telemetry.md. Extra args go to the unit and integration runs; with extra args the
+    catalog may be partial, so the check is skipped, with a warning saying so."""
     session.install("-e", ".[test]")
-    _unit(session)
-    _integration(session)
+    directory = Path(tempfile.mkdtemp(prefix="poolkit-event-catalog-"))
+    env = {CATALOG_ENV: str(directory)}
+    session.log(f"{CATALOG_ENV}={directory}: the runs record the events their pools emit there")
+    _unit(session, env)
+    _integration(session, env)
+    if session.posargs:
+        session.warn(
+            f"event catalog check skipped: extra pytest arguments {session.posargs} may select a subset"
+        )
+    else:
+        _event_catalog(session, directory)
+    shutil.rmtree(directory, ignore_errors=True)  # kept when a run fails, to look at
 
 
 @nox.session(python=PYTHON)
@@ -158,3 +195,15 @@ def chaos(session: nox.Session) -> None:
     _run_pytest_requiring_tests(
         session, "chaos", "tests/chaos", "-m", "chaos", "-p", "no:randomly", "--benchmark-disable"
     )
+
+
+@nox.session(python=PYTHON)
+def bench_telemetry(session: nox.Session) -> None:
+    """What telemetry costs a call: off, a subscriber, an OpenTelemetry SDK (benchmarks/README.md).
+
+    Not part of CI or the test suite, and not run by plain ``nox``. About two minutes on a
+    2-core machine; writes benchmarks/results/telemetry.json. Extra arguments go to the script:
+    ``nox -s bench_telemetry -- --quick --no-save`` for a ~20 s look without the JSON.
+    """
+    session.install("-e", ".[test]")  # opentelemetry-sdk is in the test extra
+    session.run("python", "benchmarks/telemetry.py", *session.posargs)

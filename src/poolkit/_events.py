@@ -6,10 +6,12 @@ structlog sink, the OpenTelemetry trace and metric sinks, and in-process subscri
 are all consumers of this one stream (DESIGN.md rule 9); ``docs/telemetry.md`` is the
 catalog, and a test checks that it matches what the test suite sees emitted.
 
-Two families: *lifecycle* events (pool, worker, breaker, session, queue saturation, worker
-output) are rare and always built, because the log sink reports them; *call* events
-(``Call*``) are built only when something consumes them (a subscriber, tracing, metrics, or
-``log_calls``), so an unobserved pool pays one truth test per step.
+Two families: *lifecycle* events (pool, worker, breaker, session loss and expiry, queue
+saturation, worker output) are rare and always built, because the log sink reports them;
+*on-demand* events (``ON_DEMAND_EVENTS``: the ``Call*`` events, session binding records and
+worker state transitions, all as frequent as calls) are built only when something can
+receive them (a subscriber, tracing, metrics, or ``log_calls``), so an unobserved pool pays
+one truth test per step.
 
 Every admitted call produces ``CallQueued`` and then exactly one of ``CallCompleted`` or
 ``CallFailed``; the harness's history checker and the trace sink (one span per call) rely
@@ -290,6 +292,12 @@ Listener = Callable[[Event], None]
 CALL_EVENTS: frozenset[type[Event]] = frozenset(
     {CallQueued, CallDispatched, CallRequeued, CallCompleted, CallFailed, CallRetried}
 )
-#: Events built only when something can receive them (module docstring): the call events and
-#: the per-session binding records, which are as frequent as session calls.
-ON_DEMAND_EVENTS: frozenset[type[Event]] = CALL_EVENTS | {SessionBound, SessionRebound, SessionEnded}
+#: Events built only when something can receive them (module docstring): the call events, the
+#: per-session binding records (as frequent as session calls) and worker state transitions
+#: (READY -> BUSY -> READY around calls).
+ON_DEMAND_EVENTS: frozenset[type[Event]] = CALL_EVENTS | {
+    SessionBound,
+    SessionRebound,
+    SessionEnded,
+    WorkerStateChanged,
+}

@@ -350,6 +350,11 @@ class Pool:
                 self._housekeeper_scope.cancel()
             self._fsm.fire(PoolEvent.CLOSED)
             self._notify_changed()
+            with anyio.CancelScope(shield=True):
+                # Callers whose calls the close just failed are runnable: let them settle (and
+                # emit their CallFailed) before the stream's last event says the pool stopped.
+                for _ in range(3):
+                    await anyio.lowlevel.checkpoint()
             now = anyio.current_time()
             self._emit(
                 PoolStopped(
@@ -1034,17 +1039,18 @@ class Pool:
     def worker_state_changed(self, worker: Worker, transition: Transition[WorkerState, WorkerEvent]) -> None:
         self._scale_settled = False
         at = anyio.current_time()
-        self._emit(
-            WorkerStateChanged(
-                pool=self.name,
-                at=at,
-                worker_id=worker.id,
-                pid=worker.pid,
-                from_state=transition.from_state,
-                to_state=transition.to_state,
-                reason=transition.reason or transition.event.value,
+        if self._tel.calls:
+            self._emit(
+                WorkerStateChanged(
+                    pool=self.name,
+                    at=at,
+                    worker_id=worker.id,
+                    pid=worker.pid,
+                    from_state=transition.from_state,
+                    to_state=transition.to_state,
+                    reason=transition.reason or transition.event.value,
+                )
             )
-        )
         event = transition.event
         if event is WorkerEvent.SPAWNED:
             self._emit(
