@@ -26,7 +26,7 @@ nox.options.reuse_venv = "yes"
 
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
-LINT_PATHS = ["src", "tests", "examples", "noxfile.py"]
+LINT_PATHS = ["src", "tests", "examples", "benchmarks", "noxfile.py"]
 DOWNSTREAM = ROOT / "examples" / "downstream"
 CHAOS_DIR = ROOT / "tests" / "chaos"
 # Forwarded to pytest when set: multiplies the tests' timeouts on slow machines (tests/_util.py).

@@ -38,6 +38,13 @@ class Logger:
     def bind(self, **values: Any) -> Logger:
         return Logger(self._name, {**self._context, **values})
 
+    def enabled(self, level: int) -> bool:
+        """Could an entry at ``level`` be output? Cheap, so callers can skip building one.
+        With structlog configured, structlog's own filter decides later: True here."""
+        if structlog.is_configured():
+            return True
+        return logging.getLogger(self._name).isEnabledFor(level)
+
     def _route(self) -> Any:
         if structlog.is_configured():
             return structlog.get_logger(self._name, **self._context)

@@ -250,6 +250,8 @@ class LogSink:
             return
         if callable(level):
             level = level(event)
+        if not self._loggers[family].enabled(level):
+            return  # the common case without logging configured: nothing built
         fields = {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
         del fields["pool"], fields["at"]
         if "call" in fields:
@@ -360,9 +362,13 @@ class TraceSink:
             return
         if kind is CallDispatched:
             assert isinstance(event, CallDispatched)
-            span.set_attribute("poolkit.worker.id", event.worker_id)
-            span.set_attribute("poolkit.call.attempt", event.attempt)
-            span.set_attribute("poolkit.call.queue_wait", event.queue_wait)
+            span.set_attributes(
+                {
+                    "poolkit.worker.id": event.worker_id,
+                    "poolkit.call.attempt": event.attempt,
+                    "poolkit.call.queue_wait": event.queue_wait,
+                }
+            )
             span.add_event(
                 "poolkit.dispatched",
                 {"poolkit.worker.id": event.worker_id, "poolkit.call.attempt": event.attempt},
@@ -396,11 +402,12 @@ class TraceSink:
 
     @staticmethod
     def _finish(span: Any, attempt: int, run_time: float | None, cpu_time: float | None) -> None:
-        span.set_attribute("poolkit.call.attempt", attempt)
+        attributes: dict[str, Any] = {"poolkit.call.attempt": attempt}
         if run_time is not None:
-            span.set_attribute("poolkit.worker.run_time", run_time)
+            attributes["poolkit.worker.run_time"] = run_time
         if cpu_time is not None:
-            span.set_attribute("poolkit.worker.cpu_time", cpu_time)
+            attributes["poolkit.worker.cpu_time"] = cpu_time
+        span.set_attributes(attributes)
         span.end()
 
     def block(self, call: int) -> bytes | None:
