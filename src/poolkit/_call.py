@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -69,6 +70,7 @@ class Call:
         deadline: float | None,
         idempotent: bool = False,
         session: Any = None,
+        event: Callable[[], Any] = anyio.Event,
     ) -> None:
         self.seq = next(_seq)  # pool-wide identity (call_id is per worker)
         self.admitted_at = 0.0
@@ -77,7 +79,7 @@ class Call:
         self.codec = codec
         self.timeout = timeout
         self.deadline = deadline
-        self.event = anyio.Event()
+        self.event = event()  # the pool passes its loop's native Event (poolkit._native)
         self.status = CallStatus.QUEUED
         self.worker: Worker | None = None
         self.call_id = 0
@@ -130,7 +132,7 @@ class Call:
         self.call_id = 0
         self.attempt += 1
         self.run_ns = self.cpu_ns = None
-        self.event = anyio.Event()
+        self.event = type(self.event)()
 
     def abandon(self) -> None:
         """The caller is gone. Only the caller's own task calls this."""

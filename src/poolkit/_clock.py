@@ -13,6 +13,7 @@ loop's clock, because they must interrupt an ``await`` in the caller's own task.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -34,12 +35,16 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The event loop's clock (``anyio.current_time``): real time, or trio's MockClock."""
+    """The event loop's clock (``anyio.current_time``): real time, or trio's MockClock.
 
-    __slots__ = ()
+    ``time``: the running loop's own clock function, which a pool passes once it knows its
+    loop (``poolkit._native``): the same readings without a backend lookup per call.
+    """
 
-    def now(self) -> float:
-        return anyio.current_time()
+    __slots__ = ("now",)
+
+    def __init__(self, time: Callable[[], float] | None = None) -> None:
+        self.now: Callable[[], float] = time if time is not None else anyio.current_time
 
     async def sleep_until(self, deadline: float) -> None:
         await anyio.sleep_until(deadline)

@@ -40,6 +40,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from . import _native
 from . import _protocol as proto
 from ._call import Call, CallStatus, describe_target
 from ._clock import Clock, SystemClock
@@ -216,6 +217,10 @@ class Pool:
         self.task_group: anyio.abc.TaskGroup | None = None
         self._log = get_logger("poolkit.pool", pool=self.name)
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self._own_clock = clock is None
+        # The event loop's own event type and clock, found at start (poolkit._native).
+        self._event: Callable[[], _native.Event] = anyio.Event
+        self._now: Callable[[], float] = anyio.current_time
         self._rng = rng if rng is not None else random.Random()
         # recovery
         self._breaker = CircuitBreaker("pool", config.breaker, self._on_breaker)
@@ -274,7 +279,10 @@ class Pool:
         traceback) if workers keep failing to start; nothing is left running in that case.
         """
         self._fsm.fire(PoolEvent.START)
-        self._started_at = anyio.current_time()
+        self._event, self._now = _native.current()
+        if self._own_clock and type(self.clock) is SystemClock:  # not replaced since
+            self.clock = SystemClock(self._now)
+        self._started_at = self._now()
         self._tel.start(self)
         self._exit_stack = contextlib.AsyncExitStack()
         self.task_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
@@ -577,8 +585,16 @@ class Pool:
             timeout = self.config.default_timeout
         elif timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
-        deadline = anyio.current_time() + timeout if timeout is not None else None
-        call = Call(name, payload, self._codec, timeout=timeout, deadline=deadline, idempotent=idempotent)
+        deadline = self._now() + timeout if timeout is not None else None
+        call = Call(
+            name,
+            payload,
+            self._codec,
+            timeout=timeout,
+            deadline=deadline,
+            idempotent=idempotent,
+            event=self._event,
+        )
         if self._breaker.state is not _CLOSED or (self._tripped and name in self._tripped):
             call.trials = self._check_breakers(name)
         call.session = binding
@@ -717,7 +733,7 @@ class Pool:
         else:  # behind an earlier call of its session: waits its turn there
             binding.waiting.append(call)
             self._session_waiting += 1
-        call.admitted_at = call.queued_at = anyio.current_time()
+        call.admitted_at = call.queued_at = self._now()
         tel = self._tel
         if tel.calls:
             tel.emit(

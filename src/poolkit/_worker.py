@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.abc
 
+from . import _native
 from . import _protocol as proto
 from ._call import Call, CallStatus
 from ._clock import Clock, SystemClock
@@ -138,7 +139,13 @@ class Worker:
         self._conn: Connection | None = None
         self._inflight: dict[int, Call] = {}
         self._next_id = itertools.count(1).__next__
-        self._out_tx, self._out_rx = anyio.create_memory_object_stream[bytes](math.inf)
+        # Frames waiting for the writer task: a list and a wake-up event rather than a memory
+        # object stream, so a frame costs a list append, and frames queued while the writer
+        # is busy go out together in its next write.
+        self._event, _ = _native.current()
+        self._outbox: list[bytes] = []
+        self._out_wake: _native.Event | None = None
+        self._out_closed = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._fault: Callable[[Call], PoolError] | None = None  # how to fail the running call
         self._kill_requested = False
@@ -199,9 +206,7 @@ class Worker:
         self._inflight[call_id] = call
         ext = call.ext & self.extensions
         if not ext:
-            self._out_tx.send_nowait(
-                proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec)
-            )
+            self._put(proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec))
             return
         body = call.payload
         if ext & proto.FLAG_TRACE:
@@ -210,7 +215,7 @@ class Worker:
                 body = call.trace + body
             else:  # the trace block would push it over the limit: send it untraced
                 ext &= ~proto.FLAG_TRACE
-        self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.CALL, call_id, body, call.codec, ext))
+        self._put(proto.encode_frame(proto.FrameKind.CALL, call_id, body, call.codec, ext))
 
     def cancel(self, call: Call) -> None:
         """The caller of ``call`` gave up. Stop the call without harming the others.
@@ -270,10 +275,7 @@ class Worker:
         if "session_end" not in self.handshake.get("features", ()):
             return  # a worker that does not announce SESSION_END (docs/protocol.md 4.1) may reject it
         payload = json.dumps({"key": key}).encode()
-        try:
-            self._out_tx.send_nowait(proto.encode_frame(proto.FrameKind.SESSION_END, 0, payload))
-        except anyio.ClosedResourceError:
-            pass
+        self._put(proto.encode_frame(proto.FrameKind.SESSION_END, 0, payload))
 
     def drain(self) -> None:
         """Take no new calls; finish the ones in flight."""
@@ -299,10 +301,17 @@ class Worker:
         self._scope.cancel()
 
     def _send(self, kind: proto.FrameKind, call_id: int) -> None:
-        try:
-            self._out_tx.send_nowait(proto.encode_frame(kind, call_id))
-        except anyio.ClosedResourceError:
-            pass
+        self._put(proto.encode_frame(kind, call_id))
+
+    def _put(self, frame: bytes) -> None:
+        """Queue ``frame`` for the writer task (dropped once the worker is finished)."""
+        if self._out_closed:
+            return
+        self._outbox.append(frame)
+        wake = self._out_wake
+        if wake is not None:
+            self._out_wake = None
+            wake.set()
 
     # ---- the supervising task -------------------------------------------------------------
     async def run(self) -> None:
@@ -591,17 +600,18 @@ class Worker:
 
     async def _writer_loop(self) -> None:
         assert self._conn is not None
-        rx = self._out_rx
         send = self._conn.send
         try:
-            async for first in rx:
-                chunks = [first]
-                while True:
-                    try:
-                        chunks.append(rx.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                data = first if len(chunks) == 1 else b"".join(chunks)
+            while True:
+                chunks = self._outbox
+                if not chunks:
+                    if self._out_closed:
+                        return
+                    wake = self._out_wake = self._event()
+                    await wake.wait()
+                    continue
+                self._outbox = []
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 if self.tap is not None:
                     data = await self.tap.sending(data)
                     if not data:
@@ -672,8 +682,10 @@ class Worker:
             else:
                 self.returncode = conn.returncode
             await conn.aclose()
-        self._out_tx.close()
-        self._out_rx.close()
+        self._out_closed = True
+        self._outbox.clear()
+        if self._out_wake is not None:
+            self._out_wake.set()
         if self.fsm.can(WorkerEvent.EXITED):
             self.fsm.fire(WorkerEvent.EXITED, f"returncode={self.returncode}")
             if self.failure is None and self.fsm.state is WorkerState.FAILED:

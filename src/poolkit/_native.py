@@ -1,0 +1,46 @@
+"""The running event loop's own event and clock, for the per-call hot path.
+
+``anyio.Event()`` and ``anyio.current_time()`` look the backend up (sniffio) on every use:
+about 1 us each, several times per call. The pool and its workers run in one event loop for
+their whole life, so they look it up once, at creation, and use the backend's types directly:
+``asyncio.Event`` and the loop's ``time`` on asyncio, ``trio.Event`` and
+``trio.current_time`` on trio. Both events have the interface the pool uses (``set``,
+``is_set``, ``await wait()``), honour anyio cancel scopes (which cancel the waiting task), and
+``current_time`` is exactly what ``anyio.current_time()`` returns. Any other backend falls back
+to anyio's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import anyio
+import sniffio
+
+__all__ = ["Event", "current"]
+
+
+class Event(Protocol):
+    def set(self) -> object: ...
+
+    def is_set(self) -> bool: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
+def current() -> tuple[Callable[[], Event], Callable[[], float]]:
+    """(event factory, clock) of the event loop running now."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return anyio.Event, anyio.current_time
+    if library == "asyncio":
+        import asyncio
+
+        return asyncio.Event, asyncio.get_running_loop().time
+    if library == "trio":
+        import trio
+
+        return trio.Event, trio.current_time
+    return anyio.Event, anyio.current_time
