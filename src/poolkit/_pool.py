@@ -507,8 +507,9 @@ class Pool:
     ) -> MapIterator:
         """Like ``map(target, *iterables)``: results in input order, streamed as they come.
 
-        At most ``concurrency`` calls (default: workers x pipeline depth) are admitted at a
-        time, so an endless iterable is fine. The first failing call raises its error and
+        At most ``concurrency`` calls (default: 4 x workers x pipeline depth, so that calls
+        are already queued in the pool when a reply frees a worker) are admitted at a time, so
+        an endless iterable is fine. The first failing call raises its error and
         ends the iteration. Leaving early (``break``) is cheap: queued calls are withdrawn
         and running ones finish in their worker with their results discarded.
         Use ``async with pool.map(...) as results:`` to close it promptly on early exit.
@@ -1941,7 +1942,7 @@ class MapIterator:
         self._pool = pool
         self._target = target
         self._source: Iterator[tuple[Any, ...]] | None = source
-        self._concurrency = concurrency or pool.config.worker_limit * pool.config.pipeline_depth
+        self._concurrency = concurrency or 4 * pool.config.worker_limit * pool.config.pipeline_depth
         self._timeout = timeout
         self._pending: collections.deque[Call] = collections.deque()
 
