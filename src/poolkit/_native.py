@@ -12,11 +12,11 @@ to anyio's own.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
-import sniffio
 
 __all__ = ["Event", "current"]
 
@@ -30,17 +30,22 @@ class Event(Protocol):
 
 
 def current() -> tuple[Callable[[], Event], Callable[[], float]]:
-    """(event factory, clock) of the event loop running now."""
+    """(event factory, clock) of the event loop running now (sniffio is not a dependency of
+    every anyio version, so the loop is found directly)."""
+    import asyncio
+
     try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return anyio.Event, anyio.current_time
-    if library == "asyncio":
-        import asyncio
-
-        return asyncio.Event, asyncio.get_running_loop().time
-    if library == "trio":
-        import trio
-
-        return trio.Event, trio.current_time
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        return asyncio.Event, loop.time
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return trio.Event, trio.current_time
     return anyio.Event, anyio.current_time

@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -526,7 +527,12 @@ async def test_the_testing_example_of_the_docs_passes() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(source, "docs/telemetry.md", "exec"), namespace)
     (test,) = [value for name, value in namespace.items() if name.startswith("test_")]
-    await test()
+    try:
+        await test()
+    finally:
+        # The example uses structlog.testing.capture_logs, which leaves structlog "configured":
+        # later tests in this process would log through structlog's printing defaults.
+        structlog.reset_defaults()
 
 
 # --------------------------------------------------------------------------- protocol.md
