@@ -18,7 +18,7 @@ from typing import Protocol
 
 import anyio
 
-__all__ = ["Event", "current"]
+__all__ = ["Event", "current", "forks_from_loop_thread"]
 
 
 class Event(Protocol):
@@ -49,3 +49,17 @@ def current() -> tuple[Callable[[], Event], Callable[[], float]]:
         else:
             return trio.Event, trio.current_time
     return anyio.Event, anyio.current_time
+
+
+def forks_from_loop_thread() -> bool:
+    """Does ``anyio.open_process`` fork from the event loop's own thread here? True on
+    asyncio (the loop's subprocess machinery); False on trio, which runs ``Popen`` in a cached
+    worker thread that exits after 10 idle seconds (the worker runtime's PR_SET_PDEATHSIG
+    would then kill the child: see ``_die_with_parent``)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

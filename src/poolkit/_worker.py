@@ -374,6 +374,9 @@ class Worker:
             "preload": list(spec.preload),
             "codec": spec.codec,
             "parent_pid": os.getpid(),
+            # PR_SET_PDEATHSIG is tied to the forking thread: only safe when that is the loop's
+            # own thread, as on asyncio (trio forks from a cached thread that ends when idle).
+            "parent_death_signal": _native.forks_from_loop_thread(),
             "max_frame_size": self._max_frame,
             "heartbeat_interval": self._config.heartbeat_interval,
             **(_parent_main() if spec.import_main else {}),

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
 from _util import TESTS_DIR, pid_alive, scaled, wait_until_sync
@@ -87,3 +88,24 @@ async def test_closing_the_pool_leaves_no_worker() -> None:
         pids = [w.pid for w in pool.statistics().workers]
         assert await pool.call(_faults.echo, 1) == 1
     assert pids and all(p is not None and not pid_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_workers_outlive_the_thread_that_spawned_them(anyio_backend: str) -> None:
+    """The parent-death signal must not fire while the parent lives. On trio, Popen runs in a
+    cached worker thread that exits after 10 idle seconds: a worker that had tied
+    PR_SET_PDEATHSIG to that thread was SIGKILLed then, every ~10 s of idle. Here an idle pool
+    is watched for longer than that window (an observation window: the bug is the absence
+    of an event, so there is nothing to wait on), then still answers from the same workers."""
+    import trio._core._thread_cache as thread_cache
+
+    from poolkit import Event, WorkerExited
+
+    with anyio.fail_after(scaled(30) + thread_cache.IDLE_TIMEOUT):
+        async with Pool(min_workers=1, heartbeat_interval=None) as pool:
+            exited: list[Event] = []
+            pool.subscribe(exited.append, types=(WorkerExited,))
+            (pid,) = {w.pid for w in pool.statistics().workers}
+            await anyio.sleep(thread_cache.IDLE_TIMEOUT + 1.5)
+            assert exited == [], exited
+            assert await pool.call(os.getpid) == pid

@@ -797,13 +797,22 @@ def _parse_spec(argv: list[str]) -> dict[str, Any]:
     return spec
 
 
-def _die_with_parent(parent_pid: int | None) -> None:
-    """Make the kernel SIGKILL us when the parent dies; exit now if it already has.
+def _die_with_parent(parent_pid: int | None, death_signal: bool = True) -> None:
+    """Make sure we die with the parent; exit now if it has already died.
 
-    PR_SET_PDEATHSIG covers a parent that dies later; the getppid() check covers one that
-    died before the prctl (we would have been reparented already, and no signal comes).
+    PR_SET_PDEATHSIG (Linux) makes the kernel SIGKILL us at once when the parent goes, even
+    while a call holds the GIL in C code. But it fires when the *thread* that forked us ends,
+    not the process: a parent that spawns from a short-lived thread (trio runs Popen in a
+    cached worker thread, which exits after 10 idle seconds) would see its workers killed.
+    Such a parent says ``"parent_death_signal": false`` in the spec, and a watchdog thread
+    then polls getppid() instead (every 0.25 s: one system call, asleep in between). The
+    getppid() check here covers a parent that died before either was set up. EOF on proto_in
+    ends an idle worker in any case.
     """
-    if sys.platform.startswith("linux"):
+    if not death_signal:
+        if parent_pid is not None:
+            _thread.start_new_thread(_watch_parent, (parent_pid,))
+    elif sys.platform.startswith("linux"):
         try:
             import ctypes
 
@@ -813,6 +822,12 @@ def _die_with_parent(parent_pid: int | None) -> None:
             pass  # best effort: EOF on proto_in still ends us when the parent goes
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(EXIT_OK)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(0.25)
+    os._exit(EXIT_OK)  # reparented: the parent is gone
 
 
 def _isolate_fds() -> tuple[int, int]:
@@ -832,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = _parse_spec(sys.argv[1:] if argv is None else argv)
     except Exception as exc:  # reported as a startup failure once the channel exists
         spec, spec_error = _parse_spec([]), exc
-    _die_with_parent(spec["parent_pid"])
+    _die_with_parent(spec["parent_pid"], spec.get("parent_death_signal") is not False)
     proto_in, proto_out = _isolate_fds()
     channel = _Channel(proto_out, spec["max_frame_size"])
     worker = _Worker(spec, proto_in, channel)
