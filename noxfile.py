@@ -88,6 +88,14 @@ def _integration(session: nox.Session, env: dict[str, str] | None = None) -> Non
     )
 
 
+def _performance(session: nox.Session, env: dict[str, str] | None = None) -> None:
+    # tests/performance, serially (no xdist: the load SLA tests time real workers on 2 cores):
+    # the load SLA tests at their short scale (POOLKIT_LOAD_SCALE unset: ~12 s of load per backend)
+    # and each gate benchmark run once as a plain test (--benchmark-disable), so the gate's code
+    # keeps working between `nox -s perf` runs. About 45 s. tests/performance/README.md.
+    _pytest(session, "tests/performance", "-p", "no:randomly", "--benchmark-disable", env=env)
+
+
 def _event_catalog(session: nox.Session, directory: Path) -> None:
     """tests/catalog on its own, over what the runs before it recorded in ``directory``: every
     event of docs/telemetry.md was emitted, and every emitted event is documented. Without the
@@ -120,17 +128,19 @@ def integration(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit then integration tests, one install, then the event catalog check.
+    """Unit, integration, then performance tests (serially: the short load SLA tests and the
+    gate's benchmarks run once), one install, then the event catalog check.
 
-    The catalog check (tests/catalog) compares the events both runs emitted with
-    docs/telemetry.md. Extra args go to the unit and integration runs; with extra args the
-    catalog may be partial, so the check is skipped, with a warning saying so."""
+    The catalog check (tests/catalog) compares the events the runs emitted with
+    docs/telemetry.md. Extra args go to the unit, integration and performance runs; with extra
+    args the catalog may be partial, so the check is skipped, with a warning saying so."""
     session.install("-e", ".[test]")
     directory = Path(tempfile.mkdtemp(prefix="poolkit-event-catalog-"))
     env = {CATALOG_ENV: str(directory)}
     session.log(f"{CATALOG_ENV}={directory}: the runs record the events their pools emit there")
     _unit(session, env)
     _integration(session, env)
+    _performance(session, env)
     if session.posargs:
         session.warn(
             f"event catalog check skipped: extra pytest arguments {session.posargs} may select a subset"
@@ -207,3 +217,130 @@ def bench_telemetry(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")  # opentelemetry-sdk is in the test extra
     session.run("python", "benchmarks/telemetry.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def peers(session: nox.Session) -> None:
+    """poolkit side by side with its peers: throughput, latency, recovery, startup, memory
+    (benchmarks/peers.py; figures in docs/performance.md).
+
+    Not part of CI or the test suite, and not run by plain ``nox``. About 13 minutes on a
+    2-core machine; writes benchmarks/results/peers.json. Extra arguments go to the script:
+    ``nox -s peers -- --quick --no-save`` for a ~2.5 minute look without the JSON;
+    ``nox -s peers -- --only poolkit raw throughput`` for some systems and workloads.
+    """
+    session.install("-e", ".[test,bench]")  # bench: loky, pebble, aiomultiprocess, mpire
+    session.run("python", "benchmarks/peers.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_scheduler(session: nox.Session) -> None:
+    """Dispatch cost at 2 to 256 workers, and the ratio issue 6 bounds (benchmarks/README.md).
+
+    Not part of CI or the test suite, and not run by plain ``nox``. About a minute; writes
+    benchmarks/results/scheduler_scaling.json. Extra arguments go to the script:
+    ``nox -s bench_scheduler -- --quick --no-save`` for a ~20 s look without the JSON.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/scheduler_scaling.py", *session.posargs)
+
+
+# The regression gate (tests/performance/README.md): the benchmarks' medians against the baseline
+# stored in the repo. A benchmark whose median is more than PERF_MAX_SLOWDOWN slower fails the
+# session. Chosen above the run-to-run spread measured on the 2-core development VM, with margin.
+PERF_BASELINE = ROOT / "tests" / "performance" / "baseline"
+PERF_MAX_SLOWDOWN = "median:50%"
+PERF_BASELINE_RUNS = 3  # --save-baseline keeps each benchmark's fastest of this many runs
+_GATE_ARGS = ["tests/performance", "-m", "benchmark", "-p", "no:randomly", "-p", "no:xdist"]
+
+
+@nox.session(python=PYTHON)
+def perf(session: nox.Session) -> None:
+    """The performance regression gate, then the load SLA tests at full scale (5 minutes sustained).
+
+    Not part of CI or the test suite, and not run by plain ``nox``. About 15 minutes on a 2-core
+    machine (the gate ~1, the load tests ~14); run it on a quiet one (``uptime``). Both runs are serial (no xdist). The gate fails
+    when a benchmark's median is more than PERF_MAX_SLOWDOWN slower than the baseline in
+    tests/performance/baseline/ in two runs in a row (the second only runs if the first fails);
+    the load run fails on any missed SLA.
+
+    ``nox -s perf -- --save-baseline`` runs the benchmarks three times and replaces the baseline
+    with each benchmark's fastest run (tests/performance/baseline.py; ~4 minutes; commit the new
+    file); ``--gate-only`` and ``--load-only`` run one of the two parts.
+    Other extra arguments go to pytest (both runs).
+    """
+    session.install("-e", ".[test]")
+    flags = {"--save-baseline", "--gate-only", "--load-only"}
+    args = [a for a in session.posargs if a not in flags]
+    given = set(session.posargs) & flags
+    storage = ["--benchmark-storage", str(PERF_BASELINE)]
+    session.log(f"load average: {_loadavg()}")
+    if "--save-baseline" in given:  # each benchmark's fastest of PERF_BASELINE_RUNS runs
+        directory = Path(tempfile.mkdtemp(prefix="perf-baseline-"))
+        runs = [str(directory / f"run{i}.json") for i in range(1, PERF_BASELINE_RUNS + 1)]
+        for run in runs:
+            session.run("pytest", *_GATE_ARGS, f"--benchmark-json={run}", *args, env=_pytest_env())
+        session.run("python", "tests/performance/baseline.py", "--storage", str(PERF_BASELINE), *runs)
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    baselines = sorted(PERF_BASELINE.glob("*/[0-9][0-9][0-9][0-9]_baseline.json"))
+    if not baselines and "--load-only" not in given:
+        session.error(
+            f"no baseline in {PERF_BASELINE.relative_to(ROOT)}: run `nox -s perf -- --save-baseline`"
+        )
+    gate_failed: nox.command.CommandFailed | None = None
+    directory = Path(tempfile.mkdtemp(prefix="perf-gate-"))
+    for attempt in (1, 2) if "--load-only" not in given else ():  # best of two: see the docstring
+        figures = directory / f"gate{attempt}.json"
+        try:
+            session.run(
+                "pytest",
+                *_GATE_ARGS,
+                *storage,
+                f"--benchmark-compare={baselines[-1]}",
+                f"--benchmark-compare-fail={PERF_MAX_SLOWDOWN}",
+                f"--benchmark-json={figures}",
+                *args,
+                env=_pytest_env(),
+            )
+        except nox.command.CommandFailed as exc:  # still run the load tests: both results are wanted
+            gate_failed = exc
+            if figures.exists():  # each median against the baseline's, the reference rows included
+                session.run(
+                    "python", "tests/performance/spread.py", str(figures), "--baseline", str(baselines[-1])
+                )
+            session.warn(
+                f"the gate failed (load average {_loadavg()}); if the reference benchmarks are much slower "
+                "than their baseline too, the machine was busy (tests/performance/README.md)"
+                + ("; running it once more" if attempt == 1 else "")
+            )
+        else:
+            gate_failed = None
+            break
+    shutil.rmtree(directory, ignore_errors=True)
+    if "--gate-only" not in given:
+        session.run(
+            "pytest",
+            "tests/performance",
+            "-m",
+            "load",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:xdist",
+            "--benchmark-disable",
+            *args,
+            env=_pytest_env({"POOLKIT_LOAD_SCALE": "full"}),
+        )
+    session.log(f"load average: {_loadavg()}")
+    if gate_failed is not None:
+        session.error(
+            f"the regression gate failed (a median more than {PERF_MAX_SLOWDOWN} slower, or an error)"
+        )
+
+
+def _loadavg() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
+    except OSError:
+        return "unknown"

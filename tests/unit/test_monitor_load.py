@@ -35,18 +35,22 @@ from poolkit.testing import (
     LatencySummary,
     Layer,
     LoadProfile,
+    MockScript,
     Operation,
     PoolFactory,
     PoolMonitor,
+    crashes,
     ensure_pool_ready,
     percentile,
     plan_load,
     pool_for,
+    returns,
     run_load,
     scaled,
     targets,
     wait_until,
 )
+from poolkit.testing import _load as load_module
 
 pytestmark = pytest.mark.anyio
 
@@ -361,3 +365,46 @@ async def test_drain_timeout_cancels_what_is_still_open(poolkit_pool_factory: Po
     assert report.offered == 5
     assert report.failed == {FailureKind.CANCELLED: 5}
     assert report.lost == 0
+
+
+@pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "not-idempotent"])
+async def test_operations_pass_idempotent_to_the_pool(idempotent: bool) -> None:
+    """An Operation's ``idempotent`` goes to ``pool.call``: a call whose worker crashes under it
+    is retried by the pool (and completes) when the operation is idempotent, and fails with
+    CRASHED when it is not."""
+    script = MockScript()
+    script.on("*:echo").respond(crashes(), returns("ok"))
+    op = Operation(targets.echo, ("x",), idempotent=idempotent)
+    async with pool_for(Layer.MOCK, min_workers=2, script=script) as pool:
+        await ensure_pool_ready(pool)
+        with anyio.fail_after(scaled(30)):
+            report = await run_load(pool, LoadProfile.constant(10, 0.1), [op], seed=0)
+    assert (report.offered, report.lost) == (1, 0)
+    if idempotent:
+        assert (report.completed, report.failed) == (1, {})
+        assert report.monitor.counts["CallRetried"] == 1
+    else:
+        assert (report.completed, report.failed) == (0, {FailureKind.CRASHED: 1})
+        assert "CallRetried" not in report.monitor.counts
+
+
+async def test_run_load_keeps_counts_not_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_load's own monitor keeps no event objects (a long run would hold millions, and the
+    garbage collector's passes over them would stall the loop under measurement), while the
+    report's counts and latencies still cover every call."""
+    monitors: list[PoolMonitor] = []
+
+    class Recording(PoolMonitor):
+        def __init__(self, pool: Pool, *, maxlen: int | None = None) -> None:
+            super().__init__(pool, maxlen=maxlen)
+            monitors.append(self)
+
+    monkeypatch.setattr(load_module, "PoolMonitor", Recording)
+    async with pool_for(Layer.MOCK, min_workers=1) as pool:
+        await ensure_pool_ready(pool)
+        with anyio.fail_after(scaled(30)):
+            report = await run_load(pool, LoadProfile.constant(100, 0.2), seed=0)
+    [monitor] = monitors
+    assert len(monitor) == 0 and not monitor.events
+    assert monitor.count(CallQueued) == 20 == report.monitor.completed
+    assert report.monitor.latency.count == 20
