@@ -205,9 +205,9 @@ class Pool:
         self._codec = proto.Codec.PICKLE if config.worker.codec == "pickle" else proto.Codec.JSON
         self._workers: dict[str, Worker] = {}
         self._worker_ids = itertools.count(1)
-        self._sched: Scheduler[Worker] = Scheduler(config.pipeline_depth)
+        self._sched: Scheduler[Worker] = Scheduler(config.pipeline_limit)
         self._queue: collections.deque[Call] = collections.deque()
-        self._room_waiters: collections.deque[anyio.Event] = collections.deque()
+        self._room_waiters: collections.deque[_native.Event] = collections.deque()
         self._changed: anyio.Event | None = None
         self._failure: PoolFailed | None = None
         self._consecutive_startup_failures = 0
@@ -507,8 +507,8 @@ class Pool:
     ) -> MapIterator:
         """Like ``map(target, *iterables)``: results in input order, streamed as they come.
 
-        At most ``concurrency`` calls (default: 4 x workers x pipeline depth, so that calls
-        are already queued in the pool when a reply frees a worker) are admitted at a time, so
+        At most ``concurrency`` calls (default: 2 x workers x the pipeline limit, so that
+        calls are already queued in the pool when a reply frees a worker) are admitted at a time, so
         an endless iterable is fine. The first failing call raises its error and
         ends the iteration. Leaving early (``break``) is cheap: queued calls are withdrawn
         and running ones finish in their worker with their results discarded.
@@ -1403,15 +1403,23 @@ class Pool:
 
     async def _wait_for_room(self, call: Call) -> None:
         """Wait in line (a FIFO of tickets) until there is room, the deadline passes, or the
-        pool closes. A woken caller that finds the room taken again keeps its place at the front."""
+        pool closes. A woken caller that finds the room taken again keeps its place at the front.
+
+        A ticket is set only by :meth:`_notify_room`, which takes it out of the line first: so
+        an unset ticket is still in line and a set one is not, and leaving never scans a line
+        that may be ``max_queue`` long (it did, and 20,000 callers at once paid for it).
+        """
         waiters = self._room_waiters
-        ticket = anyio.Event()
+        ticket = self._event()
         waiters.append(ticket)
         admitted = False
         try:
             while True:
-                with anyio.CancelScope(deadline=call.deadline if call.deadline is not None else float("inf")):
+                if call.deadline is None:
                     await ticket.wait()
+                else:
+                    with anyio.CancelScope(deadline=call.deadline):
+                        await ticket.wait()
                 self._check_open()
                 if not ticket.is_set():  # the deadline passed while waiting
                     self._timed_out += 1
@@ -1419,12 +1427,12 @@ class Pool:
                 if self._has_room():
                     admitted = True
                     return
-                ticket = anyio.Event()
+                ticket = self._event()
                 waiters.appendleft(ticket)
         finally:
-            if ticket in waiters:
-                waiters.remove(ticket)
-            elif not admitted and ticket.is_set():
+            if not ticket.is_set():
+                waiters.remove(ticket)  # cancelled or timed out in line: O(line), but rare
+            elif not admitted:
                 self._notify_room()  # we were woken but are leaving: pass the turn on
 
     def _notify_room(self) -> None:
@@ -1942,7 +1950,7 @@ class MapIterator:
         self._pool = pool
         self._target = target
         self._source: Iterator[tuple[Any, ...]] | None = source
-        self._concurrency = concurrency or 4 * pool.config.worker_limit * pool.config.pipeline_depth
+        self._concurrency = concurrency or 2 * pool.config.worker_limit * pool.config.pipeline_limit
         self._timeout = timeout
         self._pending: collections.deque[Call] = collections.deque()
 

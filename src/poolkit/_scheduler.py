@@ -55,6 +55,8 @@ class Scheduler(Generic[_W]):
 
     def pick(self) -> _W | None:
         """The least-loaded available worker, or None when every worker is full."""
+        if not self._where:
+            return None
         for bucket in self._buckets:
             if bucket:
                 return next(iter(bucket))

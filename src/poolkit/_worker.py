@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,6 +59,11 @@ if TYPE_CHECKING:
 __all__ = ["WireTap", "Worker", "WorkerOwner"]
 
 _STDERR_TAIL = 20
+# What a worker's running estimate of its time per call keeps of itself per reply: the newest
+# reply weighs 1/8. That forgets a burst of slow calls within ~40 fast ones, and one slow call
+# alone lifts the estimate at once (100 ms makes it >= 12 ms): the window shrinks on the first
+# sign of slow calls.
+_EWMA_KEEP = 1 - 0.125
 _ERROR_PHASES = {
     "decoding": Phase.SENT,
     "resolving": Phase.SENT,
@@ -134,7 +140,18 @@ class Worker:
         self._owner = owner
         self._config = config
         self._launcher = launcher
-        self._depth = config.pipeline_depth
+        # The adaptive window (docs/performance.md): how many calls this worker may hold
+        # now, between pipeline_depth and the config's pipeline_limit, from its time per call.
+        self._base = self._window = config.pipeline_depth
+        self._limit = config.pipeline_limit
+        self._budget = config.pipeline_budget
+        self._per_call = self._budget  # estimated seconds per call; starts at "not fast"
+        self._read_at = 0.0  # perf_counter when the frames being handled were read
+        self._batch_at = 0.0  # read time of the replies the estimate last took in
+        self._batch_from = 0.0  # when the worker started on that read's first call
+        self._batch_n = 0  # replies in that read so far
+        self._before = self._per_call  # the estimate before that read
+        self._keep = 1.0  # weight left to _before: _EWMA_KEEP ** _batch_n
         self._max_frame = config.max_frame_size
         self._conn: Connection | None = None
         self._inflight: dict[int, Call] = {}
@@ -180,7 +197,12 @@ class Worker:
 
     @property
     def has_room(self) -> bool:
-        return self.fsm.state.accepts_calls and len(self._inflight) < self._depth
+        return self.fsm.state.accepts_calls and len(self._inflight) < self._window
+
+    @property
+    def window(self) -> int:
+        """How many calls this worker may hold now (the adaptive pipeline window)."""
+        return self._window
 
     def head(self) -> Call | None:
         """The call the worker is running now (the oldest one sent), if any."""
@@ -203,6 +225,7 @@ class Worker:
         call.call_id = call_id
         call.worker = self
         call.status = CallStatus.SENT
+        call.sent_at = time.perf_counter()
         self._inflight[call_id] = call
         ext = call.ext & self.extensions
         if not ext:
@@ -468,6 +491,7 @@ class Worker:
             if not data:
                 return
             self.last_heard = now()
+            self._read_at = time.perf_counter()
             if self.tap is not None:
                 data = await self.tap.received(data)
                 if not data:
@@ -491,6 +515,8 @@ class Worker:
             if call is None:
                 return
             self.calls_completed += 1
+            if self._limit > self._base:
+                self._measure(call)
             payload = frame.payload
             if frame.flags & proto.FLAG_TIMING:
                 try:
@@ -531,6 +557,38 @@ class Worker:
             self._owner.worker_pong(self)
         else:
             self._protocol_fault(f"unexpected {kind.name} frame from worker")
+
+    def _measure(self, call: Call) -> None:
+        """Update the time-per-call estimate with this reply and resize the window.
+
+        The replies that came in one read share its time: their estimate is the time from
+        the later of the previous read's replies and the first call's send, to this read,
+        divided among them. That is the worker's service time while it is kept busy, the
+        round trip when it was idle, and an overestimate (so a smaller window) when the
+        parent reads late. It enters the running average as that many samples, updated
+        reply by reply so the window is right when the pool dispatches after each one.
+        Measured in the parent, so any worker gets it, whatever it announces.
+
+        The window is as many calls as fit in ``pipeline_budget`` of expected work, between
+        ``pipeline_depth`` and the limit, and never more than the calls left before the
+        worker is recycled for its call count.
+        """
+        at = self._read_at or time.perf_counter()
+        if at != self._batch_at:  # the first reply of a read
+            start = self._batch_at if self._batch_at > call.sent_at else call.sent_at
+            self._batch_at, self._batch_from, self._batch_n = at, start, 0
+            self._before, self._keep = self._per_call, 1.0
+        self._batch_n += 1
+        self._keep *= _EWMA_KEEP
+        estimate = (at - self._batch_from) / self._batch_n
+        per_call = self._per_call = estimate + (self._before - estimate) * self._keep
+        window = int(self._budget / per_call) if per_call > 0 else self._limit
+        if window > self._limit:
+            window = self._limit
+        left = self.max_calls - self.calls_completed
+        if window > left:
+            window = left
+        self._window = window if window > self._base else self._base
 
     def _pop(self, call_id: int, kind: proto.FrameKind) -> Call | None:
         head = self.head()

@@ -20,6 +20,11 @@ from poolkit.testing._bridge import BridgeLauncher
         pytest.param({"bogus_field": 1}, "bogus_field", id="unknown-field"),
         pytest.param({"pipeline_depth": 0}, "pipeline_depth", id="pipeline_depth=0"),
         pytest.param({"pipeline_depth": 65}, "pipeline_depth", id="pipeline_depth=65"),
+        pytest.param(
+            {"pipeline_depth": 4, "max_pipeline_depth": 3}, "max_pipeline_depth", id="max_depth<depth"
+        ),
+        pytest.param({"max_pipeline_depth": 0}, "max_pipeline_depth", id="max_pipeline_depth=0"),
+        pytest.param({"pipeline_budget": 0}, "pipeline_budget", id="pipeline_budget=0"),
         pytest.param({"max_queue": -1}, "max_queue", id="max_queue<0"),
         pytest.param({"queue_policy": "drop"}, "queue_policy", id="queue_policy"),
         pytest.param({"default_timeout": 0}, "default_timeout", id="default_timeout=0"),
