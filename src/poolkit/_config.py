@@ -216,7 +216,7 @@ class PoolConfig(BaseModel):
         ge=1,
         le=1024,
         description="a worker serving fast calls may hold up to this many (adaptive window, "
-        "docs/performance.md); default max(32, pipeline_depth); pipeline_depth turns it off",
+        "docs/architecture.md); default 32, or pipeline_depth when that is set explicitly",
     )
     pipeline_budget: float = Field(
         default=0.001,
@@ -271,9 +271,13 @@ class PoolConfig(BaseModel):
 
     @property
     def pipeline_limit(self) -> int:
-        """The most calls one worker may hold: ``max_pipeline_depth`` or its default."""
+        """The most calls one worker may hold: ``max_pipeline_depth``; unset, 32 with the
+        default ``pipeline_depth`` and an explicit ``pipeline_depth`` itself (who sets a depth
+        of 1 for fairness must not find 32 calls queued in a worker)."""
         if self.max_pipeline_depth is not None:
             return self.max_pipeline_depth
+        if "pipeline_depth" in self.model_fields_set:
+            return self.pipeline_depth  # a depth asked for is kept, unless a maximum is given too
         return max(_DEFAULT_MAX_PIPELINE_DEPTH, self.pipeline_depth)
 
     @property

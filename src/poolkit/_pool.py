@@ -1055,6 +1055,9 @@ class Pool:
 
     def worker_state_changed(self, worker: Worker, transition: Transition[WorkerState, WorkerEvent]) -> None:
         self._scale_settled = False
+        event = transition.event
+        if not self._tel.calls and event is not WorkerEvent.SPAWNED and event is not WorkerEvent.HANDSHAKE:
+            return  # READY <-> BUSY on every call: nothing to report, so nothing to compute
         at = anyio.current_time()
         if self._tel.calls:
             self._emit(
@@ -1068,7 +1071,6 @@ class Pool:
                     reason=transition.reason or transition.event.value,
                 )
             )
-        event = transition.event
         if event is WorkerEvent.SPAWNED:
             self._emit(
                 WorkerSpawned(
@@ -1587,6 +1589,11 @@ class Pool:
         state = worker.state
         if state is WorkerState.RETIRING:
             self._progress_retiring(worker, self.clock.now())
+        elif state is WorkerState.STOPPING and worker.kill_reason and worker.failure is None:
+            # Killed for its caller's sake (timeout, cancellation), not for a fault: start the
+            # replacement now rather than when the process is gone. A call stuck in C code
+            # may ignore SIGTERM, and the pool must not be a worker short for kill_grace.
+            self._ensure_workers(self.clock.now(), reason="replace")
         elif worker.calls_completed >= worker.max_calls and state.accepts_calls:
             self._retire(worker, "calls")
         if not worker.load:

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -69,7 +70,8 @@ class Launcher(Protocol):
 
 
 class _ProcessConnection:
-    """A :class:`Connection` over an anyio Process's stdin/stdout/stderr pipes."""
+    """A :class:`Connection` over an anyio Process's stdin/stdout/stderr pipes (trio; asyncio
+    has :class:`_AsyncioConnection`)."""
 
     __slots__ = ("_proc",)
 
@@ -153,6 +155,19 @@ class SubprocessLauncher:
     ) -> Connection:
         argv = [*(command or (python, "-m", "poolkit.worker")), json.dumps(dict(spec))]
         full_env = {**os.environ, **env} if env else None
+        loop = _asyncio_loop()
+        if loop is not None:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _PipeProtocol(loop),
+                *argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=full_env,
+                start_new_session=True,
+            )
+            return _AsyncioConnection(transport, protocol)
         proc = await anyio.open_process(
             argv,
             stdin=subprocess.PIPE,
@@ -163,3 +178,185 @@ class SubprocessLauncher:
             start_new_session=True,
         )
         return _ProcessConnection(proc)
+
+
+def _asyncio_loop() -> Any:
+    """The running asyncio loop, or None (trio, or asyncio was never imported)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _PipeProtocol:
+    """asyncio subprocess protocol for :class:`_AsyncioConnection` (duck-typed: asyncio calls
+    these methods by name). Frame-stream bytes go to ``deliver`` from the loop's own read
+    callback when one is set and nothing is buffered; else they wait in ``out`` for receive()."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.deliver: Any = None  # (bytes) -> bool: True if it took the bytes
+        self.stopped = False  # the reader is done: frame-stream bytes are dropped
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.eof = {1: False, 2: False}
+        self.waiters: dict[int, Any] = {}
+        self.exited = loop.create_future()
+        self.paused = False
+        self.drained: Any = None
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            if self.stopped:
+                return
+            deliver = self.deliver
+            if deliver is not None and not self.out and deliver(data):
+                return
+            self.out.append(data)
+        elif fd == 2:
+            self.err.append(data)
+        else:
+            return
+        self.wake(fd)
+
+    def pipe_connection_lost(self, fd: int, exc: BaseException | None) -> None:
+        if fd in self.eof:
+            self.eof[fd] = True
+            self.wake(fd)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        for fd in (1, 2):
+            self.eof[fd] = True
+            self.wake(fd)
+        self.process_exited()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        drained, self.drained = self.drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def wake(self, fd: int) -> None:
+        waiter = self.waiters.pop(fd, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self, fd: int) -> bytes:
+        chunks = self.out if fd == 1 else self.err
+        while not chunks:
+            if self.eof[fd]:
+                return b""
+            waiter = self.waiters[fd] = self.loop.create_future()
+            await waiter
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
+
+
+class _AsyncioConnection:
+    """A :class:`Connection` on asyncio's own subprocess transport (``loop.subprocess_exec``).
+
+    Why not anyio's process here: replies arrive in the loop's read callback, and with
+    :meth:`set_receiver` they are handled right there, instead of waking a reader task that
+    only then looks at them: one trip round the event loop less per read. A call written to
+    an idle worker goes out from the caller's step (:meth:`write_nowait`). Trio keeps anyio's
+    process (:class:`_ProcessConnection`). docs/performance.md has the figures.
+    """
+
+    __slots__ = ("_proto", "_stdin", "_transport")
+
+    def __init__(self, transport: Any, protocol: _PipeProtocol) -> None:
+        self._transport = transport
+        self._proto = protocol
+        self._stdin = transport.get_pipe_transport(0)
+
+    @property
+    def pid(self) -> int | None:
+        pid: int | None = self._transport.get_pid()
+        return pid
+
+    @property
+    def returncode(self) -> int | None:
+        code: int | None = self._transport.get_returncode()
+        return code
+
+    def set_receiver(self, deliver: Any) -> None:
+        """Hand frame-stream bytes to ``deliver(data) -> bool`` in the loop's read callback
+        (False: it did not take them; receive() returns them). None: receive() gets all."""
+        self._proto.deliver = deliver
+
+    def stop_receiving(self) -> None:
+        """The reader is done (it found the stream corrupt, or killed the worker): no more
+        deliveries, receive() returns b"" now and what is buffered is dropped."""
+        proto = self._proto
+        proto.deliver = None
+        proto.stopped = True
+        proto.out.clear()
+        proto.eof[1] = True
+        proto.wake(1)
+
+    def write_nowait(self, data: bytes) -> bool:
+        stdin = self._stdin
+        if stdin.is_closing() or stdin.get_write_buffer_size():
+            return False
+        stdin.write(data)
+        return True
+
+    async def send(self, data: bytes) -> None:
+        stdin = self._stdin
+        if stdin.is_closing():
+            raise anyio.BrokenResourceError("the worker's stdin is closed")
+        try:
+            stdin.write(data)
+        except (OSError, RuntimeError) as exc:
+            raise anyio.BrokenResourceError(str(exc)) from exc
+        proto = self._proto
+        while proto.paused and not stdin.is_closing():
+            drained = proto.drained = proto.loop.create_future()
+            await drained
+
+    async def receive(self) -> bytes:
+        return await self._proto.read(1)
+
+    async def receive_stderr(self) -> bytes:
+        return await self._proto.read(2)
+
+    async def wait(self) -> int:
+        # Shielded: cancelling a waiter must not cancel the one future every waiter shares.
+        await sys.modules["asyncio"].shield(self._proto.exited)
+        code = self._transport.get_returncode()
+        assert code is not None
+        return int(code)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._transport.get_returncode() is not None:
+            return
+        try:
+            self._transport.send_signal(sig)
+        except (ProcessLookupError, OSError):
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    async def aclose(self) -> None:
+        self._proto.deliver = None
+        self._transport.close()  # kills the process if it still runs (the pool waited first)

@@ -63,7 +63,8 @@ _STDERR_TAIL = 20
 # reply weighs 1/8. That forgets a burst of slow calls within ~40 fast ones, and one slow call
 # alone lifts the estimate at once (100 ms makes it >= 12 ms): the window shrinks on the first
 # sign of slow calls.
-_EWMA_KEEP = 1 - 0.125
+_EWMA_WEIGHT = 0.125
+_EWMA_KEEP = 1 - _EWMA_WEIGHT
 _ERROR_PHASES = {
     "decoding": Phase.SENT,
     "resolving": Phase.SENT,
@@ -144,6 +145,10 @@ class Worker:
         # now, between pipeline_depth and the config's pipeline_limit, from its time per call.
         self._base = self._window = config.pipeline_depth
         self._limit = config.pipeline_limit
+        # The window is sized from the worker's own timing of each call (FLAG_TIMING) where its
+        # runtime reports it: unlike reply gaps seen from the parent, it is not inflated when
+        # the worker or the parent waits for a CPU on a busy machine.
+        self._timed = proto.FLAG_TIMING if self._limit > self._base else 0
         self._budget = config.pipeline_budget
         self._per_call = self._budget  # estimated seconds per call; starts at "not fast"
         self._read_at = 0.0  # perf_counter when the frames being handled were read
@@ -161,6 +166,8 @@ class Worker:
         # is busy go out together in its next write.
         self._event, _ = _native.current()
         self._outbox: list[bytes] = []
+        self._write_now: Callable[[bytes], bool] | None = None  # the connection's write_nowait
+        self._decoder = proto.FrameDecoder(config.max_frame_size)  # _deliver's (the reader's)
         self._out_wake: _native.Event | None = None
         self._out_closed = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -227,9 +234,12 @@ class Worker:
         call.status = CallStatus.SENT
         call.sent_at = time.perf_counter()
         self._inflight[call_id] = call
-        ext = call.ext & self.extensions
+        ext = (call.ext | self._timed) & self.extensions
         if not ext:
-            self._put(proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec))
+            self._put(
+                proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec),
+                now=len(self._inflight) == 1,
+            )
             return
         body = call.payload
         if ext & proto.FLAG_TRACE:
@@ -238,7 +248,10 @@ class Worker:
                 body = call.trace + body
             else:  # the trace block would push it over the limit: send it untraced
                 ext &= ~proto.FLAG_TRACE
-        self._put(proto.encode_frame(proto.FrameKind.CALL, call_id, body, call.codec, ext))
+        self._put(
+            proto.encode_frame(proto.FrameKind.CALL, call_id, body, call.codec, ext),
+            now=len(self._inflight) == 1,
+        )
 
     def cancel(self, call: Call) -> None:
         """The caller of ``call`` gave up. Stop the call without harming the others.
@@ -326,9 +339,23 @@ class Worker:
     def _send(self, kind: proto.FrameKind, call_id: int) -> None:
         self._put(proto.encode_frame(kind, call_id))
 
-    def _put(self, frame: bytes) -> None:
-        """Queue ``frame`` for the writer task (dropped once the worker is finished)."""
+    def _put(self, frame: bytes, *, now: bool = False) -> None:
+        """Queue ``frame`` for the writer task (dropped once the worker is finished).
+
+        ``now``: write it at once if the connection can and nothing is queued before it. The
+        pool asks for that when the worker was idle, where the writer task's wake-up is pure
+        latency; a busy worker's frames wait for the writer, which sends all that came in one
+        step of the event loop in one write.
+        """
         if self._out_closed:
+            return
+        if (
+            now
+            and not self._outbox
+            and self.tap is None
+            and self._write_now is not None
+            and self._write_now(frame)
+        ):
             return
         self._outbox.append(frame)
         wake = self._out_wake
@@ -360,6 +387,7 @@ class Worker:
                 startup_error = WorkerStartupError(self.id, pid=None, reason=f"could not spawn: {exc}")
                 return
             self.pid = self._conn.pid
+            self._write_now = getattr(self._conn, "write_nowait", None)  # optional: a fast path
             self._log = self._log.bind(pid=self.pid)
             self.fsm.fire(WorkerEvent.SPAWNED)
             if self._kill_requested:  # killed while spawning (pool closing)
@@ -372,6 +400,10 @@ class Worker:
                 decoder = proto.FrameDecoder(self._max_frame)
                 startup_error = await self._handshake(decoder)
                 if startup_error is None:
+                    set_receiver = getattr(self._conn, "set_receiver", None)
+                    if set_receiver is not None and self.tap is None:
+                        self._decoder = decoder
+                        set_receiver(self._deliver)
                     await self._reader_loop(decoder)
                 await self._reap()
                 tg.cancel_scope.cancel()
@@ -508,6 +540,40 @@ class Worker:
                 if self._kill_requested and self._fault is not None:
                     return
 
+    def _deliver(self, data: bytes) -> bool:
+        """What :meth:`_reader_loop` does with a chunk, done in the event loop's read callback
+        where the connection offers that (asyncio): one trip round the loop less per read.
+        Returns False to leave the chunk to the reader task: always, once a wire tap (fault
+        injection, which is async) has been installed, so chunks keep their order."""
+        conn = self._conn
+        assert conn is not None
+        if self.tap is not None:
+            conn.set_receiver(None)  # type: ignore[attr-defined]
+            return False
+        self.last_heard = self._now()
+        self._read_at = time.perf_counter()
+        on_frame = self._on_frame
+        try:
+            try:
+                frames = self._decoder.feed(data)
+            except proto.ProtocolViolation as exc:
+                for frame in exc.frames:  # genuine replies that preceded the garbage
+                    on_frame(frame)
+                self._protocol_fault(str(exc))
+                conn.stop_receiving()  # type: ignore[attr-defined]
+                return True
+            for frame in frames:
+                on_frame(frame)
+                if self._kill_requested and self._fault is not None:
+                    conn.stop_receiving()  # type: ignore[attr-defined]
+                    return True
+        except Exception as exc:  # a bug in poolkit: as in the supervisor, a crash, never a hang
+            self._log.exception("worker reader failed", error=repr(exc))
+            detail = f"reader error: {exc!r}"
+            self.kill(detail, fault=lambda call: self._crash_error(call, detail=detail))
+            conn.stop_receiving()  # type: ignore[attr-defined]
+        return True
+
     def _on_frame(self, frame: proto.Frame) -> None:
         kind = frame.kind
         if kind is proto.FrameKind.RESULT or kind is proto.FrameKind.ERROR:
@@ -515,8 +581,6 @@ class Worker:
             if call is None:
                 return
             self.calls_completed += 1
-            if self._limit > self._base:
-                self._measure(call)
             payload = frame.payload
             if frame.flags & proto.FLAG_TIMING:
                 try:
@@ -525,6 +589,8 @@ class Worker:
                     self._inflight = {call.call_id: call, **self._inflight}
                     self._protocol_fault(str(exc))
                     return
+            if self._timed:
+                self._measure(call)
             if call.status is CallStatus.SENT:
                 if kind is proto.FrameKind.RESULT:
                     call.succeed(payload, frame.codec)
@@ -561,18 +627,25 @@ class Worker:
     def _measure(self, call: Call) -> None:
         """Update the time-per-call estimate with this reply and resize the window.
 
-        The replies that came in one read share its time: their estimate is the time from
+        A worker that reports timings (FLAG_TIMING, poolkit's runtime does) gives each call's
+        own run time: the estimate is their running average. For other workers it is
+        measured from the parent: the replies that came in one read share its time, their
+        estimate being the time from
         the later of the previous read's replies and the first call's send, to this read,
         divided among them. That is the worker's service time while it is kept busy, the
         round trip when it was idle, and an overestimate (so a smaller window) when the
         parent reads late. It enters the running average as that many samples, updated
         reply by reply so the window is right when the pool dispatches after each one.
-        Measured in the parent, so any worker gets it, whatever it announces.
 
         The window is as many calls as fit in ``pipeline_budget`` of expected work, between
         ``pipeline_depth`` and the limit, and never more than the calls left before the
         worker is recycled for its call count.
         """
+        run_ns = call.run_ns
+        if run_ns is not None:  # the worker timed it (FLAG_TIMING)
+            per_call = self._per_call = self._per_call + (run_ns * 1e-9 - self._per_call) * _EWMA_WEIGHT
+            self._resize(per_call)
+            return
         at = self._read_at or time.perf_counter()
         if at != self._batch_at:  # the first reply of a read
             start = self._batch_at if self._batch_at > call.sent_at else call.sent_at
@@ -582,6 +655,9 @@ class Worker:
         self._keep *= _EWMA_KEEP
         estimate = (at - self._batch_from) / self._batch_n
         per_call = self._per_call = estimate + (self._before - estimate) * self._keep
+        self._resize(per_call)
+
+    def _resize(self, per_call: float) -> None:
         window = int(self._budget / per_call) if per_call > 0 else self._limit
         if window > self._limit:
             window = self._limit

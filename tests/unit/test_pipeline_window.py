@@ -1,8 +1,10 @@
 """The adaptive pipeline window: a worker serving fast calls holds more of them, up to
 ``max_pipeline_depth``; one slow call brings it back to ``pipeline_depth`` (docs/architecture.md).
 
-The estimate runs on ``time.perf_counter`` readings the tests set by hand (``_read_at`` and
-each call's ``sent_at``), so the arithmetic is checked without timing anything.
+A worker that reports timings (FLAG_TIMING) sizes the window from each call's own run time;
+any other is measured from the parent, on ``time.perf_counter`` readings. The tests set both by
+hand (``run_ns``; ``_read_at`` and each call's ``sent_at``), so the arithmetic is checked
+without timing anything.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _pool(**fields: Any) -> Pool:
 
 
 def _reply(worker: Worker, *, sent: float, read: float) -> None:
-    """Feed the estimate one reply of a call sent at ``sent`` and read at ``read`` (seconds)."""
+    """Feed the estimate one untimed reply of a call sent at ``sent`` and read at ``read``."""
     call = Call("t", b"", 0, timeout=None, deadline=None)
     call.sent_at = sent
     worker._read_at = read
@@ -35,11 +37,22 @@ def _reply(worker: Worker, *, sent: float, read: float) -> None:
     worker._measure(call)
 
 
-def test_the_limit_defaults_to_32_or_the_depth() -> None:
-    """``max_pipeline_depth=None`` means max(32, pipeline_depth); a set value is kept."""
+def _timed_reply(worker: Worker, run: float) -> None:
+    """Feed the estimate one reply whose worker says the call ran ``run`` seconds."""
+    call = Call("t", b"", 0, timeout=None, deadline=None)
+    call.run_ns = int(run * 1e9)
+    worker.calls_completed += 1
+    worker._measure(call)
+
+
+def test_the_limit_defaults_to_32_or_the_depth_asked_for() -> None:
+    """``max_pipeline_depth`` unset: 32 with the default depth, and an explicit
+    ``pipeline_depth`` alone is kept as is (no adaptation); a set maximum is used."""
     assert PoolConfig().pipeline_limit == 32
+    assert PoolConfig(pipeline_depth=1).pipeline_limit == 1
     assert PoolConfig(pipeline_depth=40).pipeline_limit == 40
-    assert PoolConfig(pipeline_depth=2, max_pipeline_depth=2).pipeline_limit == 2
+    assert PoolConfig(pipeline_depth=1, max_pipeline_depth=8).pipeline_limit == 8
+    assert PoolConfig(max_pipeline_depth=4).pipeline_limit == 4
 
 
 async def test_fast_replies_grow_the_window_and_one_slow_call_shrinks_it() -> None:
@@ -145,3 +158,29 @@ async def test_the_window_stays_at_the_depth_when_turned_off() -> None:
                     tg.start_soon(caller)
             assert worker.window == 2
             assert most <= 2
+
+
+async def test_worker_timings_size_the_window_whatever_the_gaps_between_replies() -> None:
+    """Timed replies: 20 us calls fill the window even when their replies are read far apart
+    (a busy machine delays reads, not the calls); one 50 ms call shrinks it at once."""
+    with anyio.fail_after(scaled(10)):
+        async with _pool(pipeline_depth=2, max_pipeline_depth=16, pipeline_budget=0.001) as pool:
+            (worker,) = pool.workers()
+            worker._read_at = 1000.0
+            for _ in range(60):
+                _timed_reply(worker, 20e-6)
+                worker._read_at += 0.01  # 10 ms between reads: ignored when timed
+            assert worker.window == 16
+            _timed_reply(worker, 0.05)
+            assert worker.window == 2
+
+
+async def test_the_estimate_runs_only_when_the_window_is_adaptive() -> None:
+    """With an adaptive window a real reply moves the estimate (no telemetry configured);
+    turned off (limit == depth), nothing is measured."""
+    with anyio.fail_after(scaled(10)):
+        for limit, timed in ((8, True), (2, False)):
+            async with _pool(pipeline_depth=2, max_pipeline_depth=limit) as pool:
+                (worker,) = pool.workers()
+                await pool.call(echo, 1)
+                assert (worker._per_call != pool.config.pipeline_budget) is timed

@@ -121,11 +121,13 @@ def worker_ids(pool: Pool) -> set[str]:
 
 
 async def refilled(pool: Pool, starts: int) -> None:
-    """Wait until the pool has started ``starts`` workers and runs min_workers READY ones."""
+    """Wait until the pool has started ``starts`` workers and runs min_workers READY ones and
+    no other (a worker killed for a timeout is replaced before its process is gone)."""
 
     def done() -> bool:
         s = pool.statistics()
-        return s.worker_starts == starts and s.workers_in(WorkerState.READY) == pool.config.min_workers
+        full = s.workers_in(WorkerState.READY) == pool.config.min_workers == len(s.workers)
+        return s.worker_starts == starts and full
 
     await wait_until(done, pool=pool, describe=f"{starts} worker starts and a full pool")
 

@@ -598,10 +598,11 @@ async def test_subscribing_turns_call_events_and_extensions_on_and_unsubscribing
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Unobserved, a CALL frame carries no header extension and no event is built; a
-    subscriber turns both on (FLAG_TIMING, CallQueued...), its unsubscribe turns them off."""
+    subscriber turns both on (FLAG_TIMING, CallQueued...), its unsubscribe turns them off.
+    (The adaptive pipeline window asks for FLAG_TIMING on its own: turned off here.)"""
     built = _count_constructors(monkeypatch)
     flags = _spy_call_frames(monkeypatch)
-    pool = make_pool("bridge")
+    pool = make_pool("bridge", pipeline_depth=2, max_pipeline_depth=2)
     with anyio.fail_after(scaled(10)):
         async with pool:
             assert await pool.call(add, 1, 1) == 2
@@ -623,6 +624,20 @@ async def test_subscribing_turns_call_events_and_extensions_on_and_unsubscribing
             assert not calls_on(pool)
             assert await pool.call(add, 3, 3) == 6
             assert flags[2] == 0 and built["CallQueued"] == 1
+
+
+async def test_the_adaptive_window_asks_for_timings_but_builds_no_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """By default (adaptive pipeline window) a CALL frame asks for the worker's timings, which
+    size the window; still no event is built while nobody observes the pool."""
+    built = _count_constructors(monkeypatch)
+    flags = _spy_call_frames(monkeypatch)
+    pool = make_pool("bridge")
+    with anyio.fail_after(scaled(10)):
+        async with pool:
+            assert await pool.call(add, 1, 1) == 2
+            assert flags == [proto.FLAG_TIMING] and sum(built.values()) == 0
 
 
 async def test_a_lifecycle_only_subscription_leaves_call_events_off(layer: str) -> None:

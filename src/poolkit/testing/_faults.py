@@ -34,7 +34,7 @@ from .. import _protocol as proto
 from .._call import Call, CallStatus
 from .._errors import WorkerCrashed
 from .._pool import Pool, WorkerInfo
-from .._transport import _ProcessConnection
+from .._transport import _AsyncioConnection, _ProcessConnection
 from .._worker import Worker
 from ._bridge import _MemoryConnection
 from ._layers import Layer
@@ -396,7 +396,7 @@ def _layer_of(worker: Worker) -> Layer:
     conn = worker._conn
     if isinstance(conn, _MemoryConnection):
         return Layer.BRIDGE
-    if isinstance(conn, _ProcessConnection):
+    if isinstance(conn, (_ProcessConnection, _AsyncioConnection)):
         return Layer.SUBPROCESS
     raise FaultError(f"worker {worker.id} has no known connection ({type(conn).__name__})")
 
