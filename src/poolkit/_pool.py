@@ -1870,7 +1870,7 @@ class Pool:
         return sum(1 for w in self._workers.values() if w.state.accepts_calls)
 
     def _in_flight(self) -> int:
-        return sum(w.load for w in self._workers.values())
+        return sum(w.in_flight for w in self._workers.values())
 
     def _pending(self) -> int:
         """Admitted calls not yet sent: queued, behind their session, or parked."""
@@ -1886,7 +1886,7 @@ class Pool:
 
     def statistics(self) -> PoolStatistics:
         workers = tuple(
-            WorkerInfo(w.id, w.pid, w.state, w.load, w.calls_completed) for w in self._workers.values()
+            WorkerInfo(w.id, w.pid, w.state, w.in_flight, w.calls_completed) for w in self._workers.values()
         )
         return PoolStatistics(
             name=self.name,

@@ -203,6 +203,12 @@ class Worker:
         return len(self._inflight)
 
     @property
+    def in_flight(self) -> int:
+        """Calls sent to it whose callers still wait (``load`` also counts those whose caller
+        gave up: a timed-out call stays on its killed worker until the process is gone)."""
+        return sum(1 for call in self._inflight.values() if call.status is CallStatus.SENT)
+
+    @property
     def has_room(self) -> bool:
         return self.fsm.state.accepts_calls and len(self._inflight) < self._window
 

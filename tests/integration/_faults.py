@@ -130,6 +130,20 @@ def stuck_ignoring_sigterm(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def stuck_in_c_ignoring_signals(seconds: float) -> None:
+    """Block in C code (libc sleep) as C code that masks signals does: SIGTERM and SIGINT
+    blocked in this thread and ignored process-wide. Blocking alone is not enough: the kernel
+    hands a blocked process-directed SIGTERM to another thread (the heartbeat thread, trio's
+    parent watchdog), whose default action ends the process. Only SIGKILL stops this worker."""
+    import signal
+    import time
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    time.sleep(seconds)
+
+
 def sleep(seconds: float) -> float:
     import time
 

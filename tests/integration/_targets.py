@@ -169,6 +169,19 @@ def unpicklable() -> Any:
     return lambda: None
 
 
+def rendezvous(directory: str, parties: int, limit: float) -> tuple[int, bool]:
+    """A barrier across processes: leave a file named after this pid in ``directory``, then
+    wait (up to ``limit`` seconds) until ``parties`` distinct processes have. (pid, whether
+    they met): calls that meet ran at the same time on that many workers."""
+    Path(directory, str(os.getpid())).touch()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if len(os.listdir(directory)) >= parties:
+            return os.getpid(), True
+        time.sleep(0.002)
+    return os.getpid(), False
+
+
 async def async_add(a: Any, b: Any) -> Any:
     await asyncio.sleep(0)
     return a + b
