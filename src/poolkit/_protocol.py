@@ -120,6 +120,10 @@ class ProtocolViolation(ValueError):
         self.frames: list[Frame] = frames or []
 
 
+_KINDS: dict[int, FrameKind] = {int(k): k for k in FrameKind}
+_CODEC_OF: dict[int, Codec] = {int(c): c for c in Codec}
+
+
 class Frame(NamedTuple):
     kind: FrameKind
     call_id: int
@@ -128,7 +132,7 @@ class Frame(NamedTuple):
 
     @property
     def codec(self) -> Codec:
-        return Codec(self.flags & _CODEC_MASK)
+        return _CODEC_OF[self.flags & _CODEC_MASK]
 
 
 def encode_frame(
@@ -246,11 +250,10 @@ class FrameDecoder:
                     f"checksum mismatch on frame kind={kind} call_id={call_id}: "
                     f"header says {checksum:#010x}, bytes give {actual:#010x}"
                 )
-            try:
-                frame_kind = FrameKind(kind)
-            except ValueError:
-                raise ProtocolViolation(f"unknown frame kind {kind}") from None
-            if flags & _CODEC_MASK not in (Codec.JSON, Codec.PICKLE):
+            frame_kind = _KINDS.get(kind)  # FrameKind(kind) costs a Python-level call per frame
+            if frame_kind is None:
+                raise ProtocolViolation(f"unknown frame kind {kind}")
+            if flags & _CODEC_MASK not in _CODECS:
                 raise ProtocolViolation(f"unknown payload codec {flags & _CODEC_MASK}")
             frames.append(Frame(frame_kind, call_id, flags, payload))
             offset = stop

@@ -34,6 +34,10 @@ __all__ = [
 
 
 class WorkerState(enum.Enum):
+    # Members are singletons: identity hashing is right, and C-fast; Enum's own __hash__ is
+    # a Python call, paid twice per transition-table lookup, several times per call.
+    __hash__ = object.__hash__
+
     SPAWNING = "spawning"  # process being created
     STARTING = "starting"  # process exists, waiting for the READY handshake
     READY = "ready"  # idle, can take calls
@@ -69,6 +73,10 @@ _TERMINAL = frozenset({WorkerState.STOPPED, WorkerState.FAILED})
 
 
 class WorkerEvent(enum.Enum):
+    # Members are singletons: identity hashing is right, and C-fast; Enum's own __hash__ is
+    # a Python call, paid twice per transition-table lookup, several times per call.
+    __hash__ = object.__hash__
+
     SPAWNED = "spawned"  # the OS process exists
     SPAWN_FAILED = "spawn_failed"  # the OS refused to start it
     HANDSHAKE = "handshake"  # READY frame received

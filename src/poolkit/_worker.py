@@ -233,7 +233,8 @@ class Worker:
     # ---- what the pool asks (all synchronous) ------------------------------------------
     def submit(self, call: Call) -> None:
         """Send ``call`` to this worker. The pool checked :attr:`has_room` first."""
-        self.fsm.fire(WorkerEvent.DISPATCH)  # first: an illegal dispatch must not strand the call
+        if self.fsm.state is not WorkerState.BUSY:  # BUSY + DISPATCH stays BUSY: skip the table
+            self.fsm.fire(WorkerEvent.DISPATCH)  # first: an illegal dispatch must not strand the call
         call_id = self._next_id()
         call.call_id = call_id
         call.worker = self
