@@ -224,9 +224,9 @@ def peers(session: nox.Session) -> None:
     """poolkit side by side with its peers: throughput, latency, recovery, startup, memory
     (benchmarks/peers.py; figures in docs/performance.md).
 
-    Not part of CI or the test suite, and not run by plain ``nox``. About 13 minutes on a
+    Not part of CI or the test suite, and not run by plain ``nox``. About 16 minutes on a
     2-core machine; writes benchmarks/results/peers.json. Extra arguments go to the script:
-    ``nox -s peers -- --quick --no-save`` for a ~2.5 minute look without the JSON;
+    ``nox -s peers -- --quick --no-save`` for a ~3.5 minute look without the JSON;
     ``nox -s peers -- --only poolkit raw throughput`` for some systems and workloads.
     """
     session.install("-e", ".[test,bench]")  # bench: loky, pebble, aiomultiprocess, mpire
@@ -344,3 +344,16 @@ def _loadavg() -> str:
         return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
     except OSError:
         return "unknown"
+
+
+@nox.session(python=PYTHON)
+def bench_replacement(session: nox.Session) -> None:
+    """Worker replacement after a SIGKILL and memory at rest, start_method exec vs zygote
+    (benchmarks/replacement.py; docs/architecture.md, "Start methods").
+
+    Not part of CI or the test suite, and not run by plain ``nox``. About 10 seconds on a 2-core
+    machine; writes benchmarks/results/replacement.json. Extra arguments go to the script:
+    ``nox -s bench_replacement -- --quick --no-save`` for a look without the JSON.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/replacement.py", *session.posargs)

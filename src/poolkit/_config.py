@@ -53,6 +53,10 @@ class WorkerSpec(BaseModel):
     * ``import_main``: functions defined in your script pickle as ``__main__.name``; with this
       on (the default) a worker loads your script, under the name ``__mp_main__`` so its
       ``if __name__ == "__main__":`` block does not run, the first time it needs one.
+    * ``start_method``: ``"exec"`` (default) starts each worker as a fresh
+      ``python -m poolkit.worker``; ``"zygote"`` forks each from a template process that has
+      already imported the runtime, ``preload`` and the handler's module, so a replacement
+      starts in milliseconds (docs/architecture.md, "Start methods"). Not with ``command``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -68,6 +72,10 @@ class WorkerSpec(BaseModel):
         default=True,
         description="let workers resolve callables defined in the parent's __main__ (as spawn does)",
     )
+    start_method: Literal["exec", "zygote"] = Field(
+        default="exec",
+        description="exec: a fresh interpreter per worker; zygote: fork each from a warm template process",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSpec:
@@ -78,6 +86,11 @@ class WorkerSpec(BaseModel):
                 raise ValueError(f"preload entries must be module names, got {mod!r}")
         if self.command is not None and not self.command:
             raise ValueError("command, when given, must not be empty")
+        if self.command is not None and self.start_method == "zygote":
+            raise ValueError(
+                "start_method='zygote' forks the Python worker runtime; it cannot run command= "
+                "(a non-Python worker): use start_method='exec'"
+            )
         return self
 
 

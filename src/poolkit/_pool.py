@@ -187,7 +187,15 @@ class Pool:
             config = PoolConfig.model_validate({**config.model_dump(), **overrides})
         self.config = config
         self.name = config.name or f"pool{next(_pool_ids)}"
-        self._launcher: Launcher = launcher or SubprocessLauncher()
+        self._own_launcher = launcher is None  # a launcher the pool made, the pool closes
+        if launcher is None:
+            if config.worker.start_method == "zygote":
+                from ._zygote import ZygoteLauncher  # only pools that use it pay for the import
+
+                launcher = ZygoteLauncher()
+            else:
+                launcher = SubprocessLauncher()
+        self._launcher: Launcher = launcher
         self._worker_factory: WorkerFactory = worker_factory or Worker
         self._fsm = PoolStateMachine(self.name)
         self._fsm.on_change = self._on_pool_transition
@@ -354,6 +362,9 @@ class Pool:
             # nothing may be left running once aclose() returns or is cancelled.
             with anyio.CancelScope(shield=True):
                 await self._stop_workers()
+                close_launcher = getattr(self._launcher, "aclose", None)  # the zygote's, say
+                if close_launcher is not None and self._own_launcher:
+                    await close_launcher()
             if self._housekeeper_scope is not None:
                 self._housekeeper_scope.cancel()
             self._fsm.fire(PoolEvent.CLOSED)

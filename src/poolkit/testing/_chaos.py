@@ -776,17 +776,28 @@ async def _progress(history: History, pool: Pool, fraction: float, total: int, w
 
 
 # --------------------------------------------------------------------------- process faults
-def _own_child(pid: int | None) -> bool:
-    """True if ``pid`` is a live child of this process: never signal anything else (the bridge
-    layer's fake pids are not processes at all)."""
-    if pid is None:
-        return False
+def _stat(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
+        return None
+
+
+def _own_child(pid: int | None) -> bool:
+    """True if ``pid`` is a live worker of this process: its child, or its grandchild through
+    a zygote (``start_method="zygote"``). Never signal anything else (the bridge layer's fake
+    pids are not processes at all)."""
+    if pid is None:
         return False
-    return fields[0] not in ("Z", "X") and int(fields[1]) == os.getpid()
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    parent = int(fields[1])
+    if parent == os.getpid():
+        return True
+    grandparent = _stat(parent)
+    return grandparent is not None and int(grandparent[1]) == os.getpid()
 
 
 def _serving(pool: Pool) -> list[Any]:

@@ -36,6 +36,7 @@ from .._errors import WorkerCrashed
 from .._pool import Pool, WorkerInfo
 from .._transport import _AsyncioConnection, _ProcessConnection
 from .._worker import Worker
+from .._zygote import _ZygoteConnection
 from ._bridge import _MemoryConnection
 from ._layers import Layer
 from ._mock import MockWorker
@@ -396,7 +397,7 @@ def _layer_of(worker: Worker) -> Layer:
     conn = worker._conn
     if isinstance(conn, _MemoryConnection):
         return Layer.BRIDGE
-    if isinstance(conn, (_ProcessConnection, _AsyncioConnection)):
+    if isinstance(conn, (_ProcessConnection, _AsyncioConnection, _ZygoteConnection)):
         return Layer.SUBPROCESS
     raise FaultError(f"worker {worker.id} has no known connection ({type(conn).__name__})")
 
