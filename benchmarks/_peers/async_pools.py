@@ -134,6 +134,22 @@ class Poolkit(AsyncPool):
         }
 
 
+class PoolkitZygote(Poolkit):
+    """poolkit with ``WorkerSpec(start_method="zygote")``: workers forked from a warm template
+    process (docs/architecture.md, "Start methods"); defaults otherwise."""
+
+    async def __aenter__(self) -> Self:
+        from poolkit import Pool, PoolConfig, WorkerSpec
+
+        config = PoolConfig(name="peers", min_workers=self.workers, worker=WorkerSpec(start_method="zygote"))
+        self.pool = Pool(config)
+        await self.pool.__aenter__()
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "start_method": "fork of a warm zygote (start_method='zygote')"}
+
+
 class Aiomp(AsyncPool):
     """aiomultiprocess.Pool(processes=N), defaults otherwise (spawn, 16 coroutines per child,
     one shared queue): ``apply`` per call, or ``map``."""
@@ -193,4 +209,9 @@ class AnyioProcess(AsyncPool):
         return {"start_method": "python -u -c ... (fresh interpreter, on demand)"}
 
 
-ASYNC_POOLS: dict[str, type[AsyncPool]] = {"poolkit": Poolkit, "aiomp": Aiomp, "anyio": AnyioProcess}
+ASYNC_POOLS: dict[str, type[AsyncPool]] = {
+    "poolkit": Poolkit,
+    "poolkit.zygote": PoolkitZygote,
+    "aiomp": Aiomp,
+    "anyio": AnyioProcess,
+}

@@ -61,6 +61,14 @@ SYSTEMS: tuple[System, ...] = (
         _map_na(),
     ),
     System(
+        "poolkit.zygote",
+        "poolkit.zygote",
+        "async",
+        "call",
+        'the `poolkit` row with `WorkerSpec(start_method="zygote")`: workers forked from a warm template',
+        {"latency": "the start method changes how workers start; the `poolkit` row has the latency"},
+    ),
+    System(
         "raw.pipelined",
         "raw",
         "lean",

@@ -26,6 +26,7 @@ from benchmarks._peers.sync_pools import SYNC_POOLS
 # The module whose import a system needs, imported (and timed) before anything is measured.
 MODULES = {
     "poolkit": "poolkit._pool",  # poolkit re-exports lazily: this is what `Pool` loads
+    "poolkit.zygote": "poolkit._zygote",
     "aiomp": "aiomultiprocess",
     "anyio": "anyio.to_process",
     "ppe": "concurrent.futures.process",
