@@ -553,7 +553,7 @@ def targets(summary: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         cell = tp.get(name, {}).get(payload, {}).get("calls_per_s")
         return float(cell["median"]) if cell else None
 
-    for mine in ("poolkit", "poolkit.x64", "poolkit.map"):
+    for mine in ("poolkit", "poolkit.x64", "poolkit.map", "poolkit.map256"):
         mine_rate = rate(mine)
         if mine_rate is None:
             continue

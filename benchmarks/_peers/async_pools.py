@@ -134,6 +134,13 @@ class Poolkit(AsyncPool):
         }
 
 
+class PoolkitChunked(Poolkit):
+    """poolkit's ``pool.map(fn, xs, chunksize=256)``: inputs 256 to a call."""
+
+    async def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+        return [r async for r in self.pool.map(fn, items, chunksize=256)]
+
+
 class PoolkitZygote(Poolkit):
     """poolkit with ``WorkerSpec(start_method="zygote")``: workers forked from a warm template
     process (docs/architecture.md, "Start methods"); defaults otherwise."""
@@ -212,6 +219,7 @@ class AnyioProcess(AsyncPool):
 ASYNC_POOLS: dict[str, type[AsyncPool]] = {
     "poolkit": Poolkit,
     "poolkit.zygote": PoolkitZygote,
+    "poolkit.chunked": PoolkitChunked,
     "aiomp": Aiomp,
     "anyio": AnyioProcess,
 }

@@ -61,6 +61,14 @@ SYSTEMS: tuple[System, ...] = (
         _map_na(),
     ),
     System(
+        "poolkit.map256",
+        "poolkit.chunked",
+        "async",
+        "map",
+        "`async for r in pool.map(fn, xs, chunksize=256)`: inputs 256 to a call",
+        _map_na(),
+    ),
+    System(
         "poolkit.zygote",
         "poolkit.zygote",
         "async",

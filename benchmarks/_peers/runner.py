@@ -27,6 +27,7 @@ from benchmarks._peers.sync_pools import SYNC_POOLS
 MODULES = {
     "poolkit": "poolkit._pool",  # poolkit re-exports lazily: this is what `Pool` loads
     "poolkit.zygote": "poolkit._zygote",
+    "poolkit.chunked": "poolkit._pool",
     "aiomp": "aiomultiprocess",
     "anyio": "anyio.to_process",
     "ppe": "concurrent.futures.process",

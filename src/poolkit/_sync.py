@@ -90,10 +90,13 @@ class SyncPool:
         *iterables: Iterable[Any],
         concurrency: int | None = None,
         timeout: float | None = None,
+        chunksize: int = 1,
     ) -> Generator[Any, None, None]:
         """Blocking :meth:`Pool.map`: a generator of results in input order."""
         portal = self._require_portal()
-        results = self._pool.map(target, *iterables, concurrency=concurrency, timeout=timeout)
+        results = self._pool.map(
+            target, *iterables, concurrency=concurrency, timeout=timeout, chunksize=chunksize
+        )
         try:
             while True:
                 try:

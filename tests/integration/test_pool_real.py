@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from _util import pid_alive, scaled, wait_until
-from integration import _faults
+from integration import _faults, _targets
 from poolkit import Pool, PoolConfig, SyncPool, WorkerSpec, WorkerState
 
 
@@ -62,3 +62,21 @@ async def test_handler_class_targets_with_setup_and_session_state() -> None:
         assert await pool.call("add", 2) == 2
         assert await pool.call("add", 3) == 5
         assert await pool.call("setup_calls") == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+@pytest.mark.xdist_group("processes")
+async def test_chunked_map_runs_callables_handler_methods_and_coroutines() -> None:
+    """map(chunksize=N) on real workers: a callable, a handler method by name (the chunk runs
+    on the worker's handler), and a coroutine function (run on the worker's event loop)."""
+    with anyio.fail_after(scaled(60)):
+        async with Pool(min_workers=2) as pool:
+            assert [r async for r in pool.map(_targets.add, range(100), range(100), chunksize=16)] == [
+                2 * i for i in range(100)
+            ]
+            assert [r async for r in pool.map(_targets.async_add, range(10), range(10), chunksize=4)] == [
+                2 * i for i in range(10)
+            ]
+        async with Pool(min_workers=1, worker=WorkerSpec(handler="integration._faults:Tally")) as pool:
+            assert [r async for r in pool.map("add", [1, 2, 3], chunksize=3)] == [1, 3, 6]

@@ -850,6 +850,39 @@ def _isolate_fds() -> tuple[int, int]:
     return proto_in, proto_out
 
 
+_CURRENT: _Worker | None = None  # this process's worker, for run_chunk
+
+
+def run_chunk(target: Any, items: list[Any]) -> list[Any]:
+    """``Pool.map(..., chunksize=N)``: run ``target(*args)`` for each ``args`` of ``items``, in
+    order, as one call. Returns ``[results, None]``, or at the first failure ``[the results
+    before it, its error]`` (the error as an ERROR frame describes one), so the parent yields
+    those results and then raises that item's error, as an unchunked map would.
+
+    ``target`` is resolved as a call's target is (``"pkg.mod:func"``, a handler method name,
+    or a callable); an awaitable result runs on the worker's event loop.
+    """
+    worker = _CURRENT
+    if isinstance(target, str):
+        fn = worker.resolve(target) if worker is not None else _load(target)
+    else:
+        fn = target
+    results: list[Any] = []
+    for args in items:
+        try:
+            result = fn(*args)
+            if getattr(type(result), "__await__", None) is not None:
+                if worker is None:
+                    raise TypeError("an awaitable result needs the worker runtime's event loop")
+                result = worker.wait(result)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too, as for a call
+            return [results, {**_describe(exc), "phase": "running"}]
+        results.append(result)
+    return [results, None]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a worker; returns the exit code: 0 done, 3 startup failed, 4 protocol violation."""
     spec_error: Exception | None = None
@@ -860,7 +893,8 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(spec["parent_pid"], spec.get("parent_death_signal") is not False)
     proto_in, proto_out = _isolate_fds()
     channel = _Channel(proto_out, spec["max_frame_size"])
-    worker = _Worker(spec, proto_in, channel)
+    global _CURRENT
+    worker = _CURRENT = _Worker(spec, proto_in, channel)
     # sys.stdin keeps its object, now reading /dev/null (fd 0): it is empty, as promised.
     sys.stdout = out = _LineWriter(channel, "stdout", 1)
     sys.stderr = err = _LineWriter(channel, "stderr", 2)
