@@ -39,6 +39,7 @@ class Call:
         "avoid",
         "call_id",
         "codec",
+        "cost",
         "cpu_ns",
         "deadline",
         "error",
@@ -50,7 +51,6 @@ class Call:
         "result",
         "result_codec",
         "run_ns",
-        "sent_at",
         "seq",
         "session",
         "status",
@@ -96,7 +96,7 @@ class Call:
         self.ext = 0  # header extensions to send with it (protocol FLAG_TRACE | FLAG_TIMING)
         self.trace: bytes | None = None  # the trace block of its span (FLAG_TRACE)
         self.queued_at = 0.0  # when this attempt entered the queue (anyio clock)
-        self.sent_at = 0.0  # when it was sent (time.perf_counter; the adaptive window's estimate)
+        self.cost = 0.0  # expected run time when sent (its target's estimate; the adaptive window)
         self.run_ns: int | None = None  # worker-reported timings of the last attempt (FLAG_TIMING)
         self.cpu_ns: int | None = None
 

@@ -234,8 +234,8 @@ class PoolConfig(BaseModel):
     pipeline_budget: float = Field(
         default=0.001,
         gt=0,
-        description="the adaptive window grows while a worker's expected queued work "
-        "(window x its recent time per call) stays under this many seconds",
+        description="beyond pipeline_depth, a worker takes more calls only while the work it "
+        "holds is expected (from each target's measured run time) to take less than this",
     )
 
     startup_timeout: float = Field(default=60.0, gt=0)

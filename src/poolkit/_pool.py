@@ -192,6 +192,8 @@ class Pool:
         self.config = config
         self.name = config.name or f"pool{next(_pool_ids)}"
         self._own_launcher = launcher is None  # a launcher the pool made, the pool closes
+        # Each target's measured run time, shared by the workers' adaptive windows.
+        self.call_costs: dict[str, float] = {}
         if launcher is None:
             if config.worker.start_method == "zygote":
                 from ._zygote import ZygoteLauncher  # only pools that use it pay for the import

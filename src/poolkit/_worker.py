@@ -26,7 +26,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,12 +58,11 @@ if TYPE_CHECKING:
 __all__ = ["WireTap", "Worker", "WorkerOwner"]
 
 _STDERR_TAIL = 20
-# What a worker's running estimate of its time per call keeps of itself per reply: the newest
-# reply weighs 1/8. That forgets a burst of slow calls within ~40 fast ones, and one slow call
-# alone lifts the estimate at once (100 ms makes it >= 12 ms): the window shrinks on the first
-# sign of slow calls.
+# Weight of the newest run time in a target's running estimate (the adaptive pipeline window).
+# 1/8 forgets a burst of slow calls within ~40 fast ones, and one slow call alone lifts the
+# estimate at once (100 ms makes it >= 12 ms): the window closes on the first sign of slow calls.
 _EWMA_WEIGHT = 0.125
-_EWMA_KEEP = 1 - _EWMA_WEIGHT
+_MAX_TARGETS = 1024  # estimates kept per pool; past that they start over (targets made on the fly)
 _ERROR_PHASES = {
     "decoding": Phase.SENT,
     "resolving": Phase.SENT,
@@ -141,22 +139,18 @@ class Worker:
         self._owner = owner
         self._config = config
         self._launcher = launcher
-        # The adaptive window (docs/performance.md): how many calls this worker may hold
-        # now, between pipeline_depth and the config's pipeline_limit, from its time per call.
-        self._base = self._window = config.pipeline_depth
+        # The adaptive window (docs/architecture.md): beyond pipeline_depth, a worker takes
+        # more calls (up to pipeline_limit) while the work it holds is expected to take less
+        # than pipeline_budget, from each target's measured run time (``costs``, shared by the
+        # pool's workers). Only workers that report timings (FLAG_TIMING) adapt.
+        self._base = config.pipeline_depth
         self._limit = config.pipeline_limit
-        # The window is sized from the worker's own timing of each call (FLAG_TIMING) where its
-        # runtime reports it: unlike reply gaps seen from the parent, it is not inflated when
-        # the worker or the parent waits for a CPU on a busy machine.
-        self._timed = proto.FLAG_TIMING if self._limit > self._base else 0
         self._budget = config.pipeline_budget
-        self._per_call = self._budget  # estimated seconds per call; starts at "not fast"
-        self._read_at = 0.0  # perf_counter when the frames being handled were read
-        self._batch_at = 0.0  # read time of the replies the estimate last took in
-        self._batch_from = 0.0  # when the worker started on that read's first call
-        self._batch_n = 0  # replies in that read so far
-        self._before = self._per_call  # the estimate before that read
-        self._keep = 1.0  # weight left to _before: _EWMA_KEEP ** _batch_n
+        self._timed = proto.FLAG_TIMING if self._limit > self._base else 0
+        self._adaptive = False  # set once the handshake says the worker reports timings
+        costs = getattr(owner, "call_costs", None)
+        self._costs: dict[str, float] = costs if isinstance(costs, dict) else {}
+        self.queued_work = 0.0  # expected seconds of work in the calls it holds
         self._max_frame = config.max_frame_size
         self._conn: Connection | None = None
         self._inflight: dict[int, Call] = {}
@@ -210,12 +204,19 @@ class Worker:
 
     @property
     def has_room(self) -> bool:
-        return self.fsm.state.accepts_calls and len(self._inflight) < self._window
-
-    @property
-    def window(self) -> int:
-        """How many calls this worker may hold now (the adaptive pipeline window)."""
-        return self._window
+        if not self.fsm.state.accepts_calls:
+            return False
+        n = len(self._inflight)
+        if n < self._base:
+            return True
+        # The adaptive window: more while the held work is expected to be short, never more
+        # than the calls left before a recycle for its call count.
+        return (
+            self._adaptive
+            and n < self._limit
+            and self.queued_work < self._budget
+            and n < self.max_calls - self.calls_completed
+        )
 
     def head(self) -> Call | None:
         """The call the worker is running now (the oldest one sent), if any."""
@@ -239,8 +240,10 @@ class Worker:
         call.call_id = call_id
         call.worker = self
         call.status = CallStatus.SENT
-        call.sent_at = time.perf_counter()
         self._inflight[call_id] = call
+        if self._adaptive:
+            cost = call.cost = self._costs.get(call.target_name, self._budget)
+            self.queued_work += cost
         ext = (call.ext | self._timed) & self.extensions
         if not ext:
             self._put(
@@ -470,6 +473,7 @@ class Worker:
                     if frame.kind is proto.FrameKind.READY:
                         self.handshake = self._json(frame.payload) or {}
                         self.extensions = _extensions(self.handshake)
+                        self._adaptive = bool(self._timed & self.extensions)
                         if self.handshake.get("protocol") != proto.PROTOCOL_VERSION:
                             self.kill("protocol version mismatch")
                             return WorkerStartupError(
@@ -530,7 +534,6 @@ class Worker:
             if not data:
                 return
             self.last_heard = now()
-            self._read_at = time.perf_counter()
             if self.tap is not None:
                 data = await self.tap.received(data)
                 if not data:
@@ -558,7 +561,6 @@ class Worker:
             conn.set_receiver(None)  # type: ignore[attr-defined]
             return False
         self.last_heard = self._now()
-        self._read_at = time.perf_counter()
         on_frame = self._on_frame
         try:
             try:
@@ -596,7 +598,7 @@ class Worker:
                     self._inflight = {call.call_id: call, **self._inflight}
                     self._protocol_fault(str(exc))
                     return
-            if self._timed:
+            if self._adaptive:
                 self._measure(call)
             if call.status is CallStatus.SENT:
                 if kind is proto.FrameKind.RESULT:
@@ -613,6 +615,8 @@ class Worker:
             self._after_call()
         elif kind is proto.FrameKind.CANCELLED:
             call = self._inflight.pop(frame.call_id, None)
+            if call is not None and self._adaptive:
+                self.queued_work = self.queued_work - call.cost if self._inflight else 0.0
             if call is not None and call.status is CallStatus.SENT:
                 # Only the pool cancels, and only for abandoned calls; a CANCELLED for a live
                 # call means the worker is confused.
@@ -632,46 +636,17 @@ class Worker:
             self._protocol_fault(f"unexpected {kind.name} frame from worker")
 
     def _measure(self, call: Call) -> None:
-        """Update the time-per-call estimate with this reply and resize the window.
-
-        A worker that reports timings (FLAG_TIMING, poolkit's runtime does) gives each call's
-        own run time: the estimate is their running average. For other workers it is
-        measured from the parent: the replies that came in one read share its time, their
-        estimate being the time from
-        the later of the previous read's replies and the first call's send, to this read,
-        divided among them. That is the worker's service time while it is kept busy, the
-        round trip when it was idle, and an overestimate (so a smaller window) when the
-        parent reads late. It enters the running average as that many samples, updated
-        reply by reply so the window is right when the pool dispatches after each one.
-
-        The window is as many calls as fit in ``pipeline_budget`` of expected work, between
-        ``pipeline_depth`` and the limit, and never more than the calls left before the
-        worker is recycled for its call count.
-        """
+        """A call came back: take its work off the held total, and fold its run time (as the
+        worker timed it) into its target's estimate."""
+        self.queued_work = self.queued_work - call.cost if self._inflight else 0.0
         run_ns = call.run_ns
-        if run_ns is not None:  # the worker timed it (FLAG_TIMING)
-            per_call = self._per_call = self._per_call + (run_ns * 1e-9 - self._per_call) * _EWMA_WEIGHT
-            self._resize(per_call)
+        if run_ns is None:  # an ERROR without timings (e.g. a result too large to send)
             return
-        at = self._read_at or time.perf_counter()
-        if at != self._batch_at:  # the first reply of a read
-            start = self._batch_at if self._batch_at > call.sent_at else call.sent_at
-            self._batch_at, self._batch_from, self._batch_n = at, start, 0
-            self._before, self._keep = self._per_call, 1.0
-        self._batch_n += 1
-        self._keep *= _EWMA_KEEP
-        estimate = (at - self._batch_from) / self._batch_n
-        per_call = self._per_call = estimate + (self._before - estimate) * self._keep
-        self._resize(per_call)
-
-    def _resize(self, per_call: float) -> None:
-        window = int(self._budget / per_call) if per_call > 0 else self._limit
-        if window > self._limit:
-            window = self._limit
-        left = self.max_calls - self.calls_completed
-        if window > left:
-            window = left
-        self._window = window if window > self._base else self._base
+        costs, name, ran = self._costs, call.target_name, run_ns * 1e-9
+        old = costs.get(name)
+        if old is None and len(costs) >= _MAX_TARGETS:
+            costs.clear()
+        costs[name] = ran if old is None else old + (ran - old) * _EWMA_WEIGHT
 
     def _pop(self, call_id: int, kind: proto.FrameKind) -> Call | None:
         head = self.head()
