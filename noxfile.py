@@ -357,3 +357,15 @@ def bench_replacement(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/replacement.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_mixed(session: nox.Session) -> None:
+    """Fast calls mixed with slow ones: the adaptive pipeline window against a fixed depth
+    (benchmarks/mixed.py; docs/architecture.md).
+
+    Not part of CI or the test suite, and not run by plain ``nox``. About a minute; writes
+    benchmarks/results/mixed.json. ``nox -s bench_mixed -- --quick --no-save`` for a look.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/mixed.py", *session.posargs)
