@@ -122,7 +122,10 @@ def _stuck_pid(tmp: str, timeout: float) -> int:
 
 
 def _after_close(watch: common.DeathWatch, t0: float, spec: Spec) -> dict[str, Any]:
-    alive_at_close = watch.died is None
+    # Checked here and now: the watch polls every millisecond and may not have seen a death
+    # that happened just before the close returned (it reported "alive after close" for a
+    # process the pool had already reaped).
+    alive_at_close = common.pid_alive(watch.pid)
     gone = watch.wait(spec["gone_wait"])
     watch.stop()
     return {
