@@ -55,7 +55,13 @@ from typing import Any
 
 import anyio
 
-from poolkit import (
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks._peers: run as a script, the repository root is not on the path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._peers import common  # noqa: E402
+
+from poolkit import (  # noqa: E402
     Event,
     Pool,
     WorkerCrashed,
@@ -74,30 +80,13 @@ MEMORY = ("worker_rss_kib", "worker_pss_kib", "worker_uss_kib", "zygote_rss_kib"
 
 # --------------------------------------------------------------------------- /proc
 def _status_rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace").splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return common.status_kib(pid, ("VmRSS",)).get("VmRSS")
 
 
 def _rollup_kib(pid: int) -> dict[str, int]:
-    """PSS and USS (Private_Clean + Private_Dirty) from smaps_rollup, KiB ({} if unreadable)."""
-    fields: dict[str, int] = {}
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return {}
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        parts = value.split()
-        if parts and parts[-1] == "kB":
-            fields[name.strip()] = int(parts[0])
-    if "Pss" not in fields:
-        return {}
-    return {"pss": fields["Pss"], "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
+    """PSS and USS from smaps_rollup, KiB ({} if unreadable): the peer benchmark's reading."""
+    rollup = common.rollup_kib(pid)
+    return {"pss": rollup["Pss"], "uss": rollup["Uss"]} if rollup else {}
 
 
 def _ppid(pid: int) -> int | None:
