@@ -167,6 +167,7 @@ class SubprocessLauncher:
                 env=full_env,
                 start_new_session=True,
             )
+            _direct_stdout(transport, protocol)
             return _AsyncioConnection(transport, protocol)
         proc = await anyio.open_process(
             argv,
@@ -189,6 +190,52 @@ def _asyncio_loop() -> Any:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+_PIPE_READ = 65536
+
+
+class _DirectStdout:
+    """The worker's stdout pipe protocol, in place of asyncio's own: hands each chunk to
+    :meth:`_PipeProtocol.pipe_data_received` from the read callback itself.
+
+    asyncio's subprocess transport passes pipe data on with ``call_soon``, one more trip
+    round the event loop per reply (~10 us on an idle loop) for no gain here. End of stream
+    and connection loss still go to asyncio's protocol, which tracks the process's pipes.
+    Chunks keep their order: data the old protocol received before the swap was scheduled
+    earlier, and runs before the next read callback.
+    """
+
+    __slots__ = ("_inner", "_proto")
+
+    def __init__(self, inner: Any, proto: _PipeProtocol) -> None:
+        self._inner = inner
+        self._proto = proto
+
+    def connection_made(self, transport: Any) -> None:  # pragma: no cover - made before the swap
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        self._proto.pipe_data_received(1, data)
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self._inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._inner.connection_lost(exc)
+
+
+def _direct_stdout(transport: Any, protocol: _PipeProtocol) -> None:
+    """Swap in :class:`_DirectStdout`, and read at most 64 KiB at a time (a pipe holds that
+    much; asyncio's 256 KiB buffer makes glibc map and unmap fresh memory for every read
+    once it is past malloc's mmap threshold, ~14 us each)."""
+    pipe = transport.get_pipe_transport(1)
+    if pipe is None:
+        return
+    pipe.set_protocol(_DirectStdout(pipe.get_protocol(), protocol))
+    if isinstance(getattr(pipe, "max_size", None), int):
+        pipe.max_size = _PIPE_READ
 
 
 class _PipeProtocol:

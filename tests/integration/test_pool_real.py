@@ -80,3 +80,25 @@ async def test_chunked_map_runs_callables_handler_methods_and_coroutines() -> No
             ]
         async with Pool(min_workers=1, worker=WorkerSpec(handler="integration._faults:Tally")) as pool:
             assert [r async for r in pool.map("add", [1, 2, 3], chunksize=3)] == [1, 3, 6]
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+@pytest.mark.xdist_group("processes")
+async def test_frames_many_pipe_reads_long_arrive_whole_both_ways() -> None:
+    """Arguments and results of 1 MiB (each end reads a pipe 64 KiB at a time), several in
+    flight on one worker beside small calls, come back intact, each to its own caller."""
+    big = [bytes([65 + i]) * (1 << 20) + b"%d" % i for i in range(4)]
+    results: dict[int, object] = {}
+    async with Pool(min_workers=1, pipeline_depth=8) as pool:
+
+        async def one(key: int, value: object) -> None:
+            results[key] = await pool.call(_faults.echo, value)
+
+        with anyio.fail_after(scaled(30)):
+            async with anyio.create_task_group() as tg:
+                for i, value in enumerate(big):
+                    tg.start_soon(one, i, value)
+                    tg.start_soon(one, 10 + i, i)
+    assert [results[i] for i in range(4)] == big
+    assert [results[10 + i] for i in range(4)] == [0, 1, 2, 3]
