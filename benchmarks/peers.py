@@ -598,12 +598,21 @@ def targets(summary: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 f"{m:,.0f} / {r:,.0f} us = {m / r:.2f}",
                 m / r <= 1.2,
             )
+        yard = lat.get("raw.async")
+        if mine_row and yard and mine_row.get(key) and yard.get(key):
+            m, y = mine_row[key]["median"], yard[key]["median"]
+            row(
+                f"latency at 1,000 calls/s: {key} against the asyncio yardstick (raw.async)",
+                f"{m:,.0f} / {y:,.0f} us = {m / y:.2f}",
+                None,
+                "for scale, not a target: the same children from asyncio, through the same harness",
+            )
         if mine_row and mine_row.get(key):
             m = mine_row[key]["median"]
             lat_peers: dict[str, float] = {
                 n: r[key]["median"]
                 for n, r in lat.items()
-                if n not in ("poolkit", "raw.pipelined") and r.get(key) is not None
+                if n != "poolkit" and not n.startswith("raw.") and r.get(key) is not None
             }
             if lat_peers:
                 best = min(lat_peers, key=lat_peers.__getitem__)

@@ -216,7 +216,74 @@ class AnyioProcess(AsyncPool):
         return {"start_method": "python -u -c ... (fresh interpreter, on demand)"}
 
 
+class RawAsync(AsyncPool):
+    """The raw pipe's children (rawchild.py) driven from asyncio: about the least an awaited
+    call can cost. A call writes its frame straight to the least busy child and awaits a
+    bare future; the loop's read callback (``add_reader``) splits the replies and resolves the
+    futures. No queue, no task of its own, no timeouts, no recovery. Latency only: it answers
+    "how much of an async row's latency is asyncio and the harness", not a pool's figures.
+    """
+
+    library = "raw.async"
+
+    async def __aenter__(self) -> Self:
+        import asyncio
+
+        from benchmarks._peers import rawpipe
+
+        self.loop = asyncio.get_running_loop()
+        self.children = [rawpipe.Child() for _ in range(self.workers)]
+        rawpipe.wait_ready(self.children)
+        self.ids = 0
+        self.waiting: dict[int, dict[int, Any]] = {c.pid: {} for c in self.children}
+        for c in self.children:
+            self.loop.add_reader(c.r, self._readable, c)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for c in self.children:
+            self.loop.remove_reader(c.r)
+            c.close()
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        import pickle
+
+        from benchmarks._peers.rawchild import HEADER, write_all
+
+        body = pickle.dumps((fn, args), 5)
+        child = min(self.children, key=lambda c: len(self.waiting[c.pid]))
+        self.ids += 1
+        future = self.loop.create_future()
+        self.waiting[child.pid][self.ids] = future
+        write_all(child.w, HEADER.pack(len(body), self.ids) + body)  # a small frame: the pipe takes it
+        ok, value = pickle.loads(await future)
+        if not ok:
+            raise value
+        return value
+
+    def _readable(self, child: Any) -> None:
+        import os
+
+        chunk = os.read(child.r, 1 << 16)
+        waiting = self.waiting[child.pid]
+        if not chunk:
+            self.loop.remove_reader(child.r)
+            for future in waiting.values():
+                future.set_exception(EOFError(f"raw child {child.pid} exited"))
+            waiting.clear()
+            return
+        for call_id, body in child.frames(chunk):
+            if call_id:
+                waiting.pop(call_id).set_result(body)
+
+    def describe(self) -> dict[str, Any]:
+        return {"client": "asyncio add_reader + one future per call, over the raw pipe's child"}
+
+
 ASYNC_POOLS: dict[str, type[AsyncPool]] = {
+    "raw.async": RawAsync,
     "poolkit": Poolkit,
     "poolkit.zygote": PoolkitZygote,
     "poolkit.chunked": PoolkitChunked,

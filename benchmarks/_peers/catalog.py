@@ -23,6 +23,7 @@ class System:
 
 _MAP_ONLY = "a batch API (inputs up front): the library's per-call row has this figure"
 _SAME_POOL = "same pool as the library's per-call row"
+_RAW_ASYNC = "a latency yardstick for the async rows; raw.pipelined has this figure"
 _NOT_OPEN_LOOP = "takes all its inputs up front: open-loop arrivals go through the per-call API"
 
 
@@ -94,6 +95,19 @@ SYSTEMS: tuple[System, ...] = (
         "call",
         "raw pipe, one call in flight per child",
         {"latency": "raw.pipelined has the raw pipe's latency", "startup": _SAME_POOL},
+    ),
+    System(
+        "raw.async",
+        "raw.async",
+        "async",
+        "call",
+        "the raw pipe's children from asyncio: `await` on a bare future, replies in the loop's read callback",
+        {
+            "throughput": _RAW_ASYNC,
+            "recovery": _RAW_ASYNC,
+            "startup": _RAW_ASYNC,
+            "stuck": _RAW_ASYNC,
+        },
     ),
     System("ppe", "ppe", "sync", "call", "`ProcessPoolExecutor.submit` + done callback", {}),
     System("mp", "mp", "sync", "call", "`multiprocessing.Pool.apply_async` + callback", {}),

@@ -31,7 +31,7 @@ def main() -> None:
     loads, dumps = pickle.loads, pickle.dumps
     buf = bytearray()
     while True:
-        chunk = os.read(rfd, 1 << 18)
+        chunk = os.read(rfd, 1 << 16)
         if not chunk:
             return
         buf += chunk

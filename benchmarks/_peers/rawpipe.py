@@ -136,7 +136,7 @@ def pipelined(
             for key, _ in sel.select(0 if busy else 5.0):
                 k = key.data
                 try:
-                    chunk = os.read(children[k].r, 1 << 18)
+                    chunk = os.read(children[k].r, 1 << 16)
                 except BlockingIOError:
                     continue
                 if not chunk:
@@ -174,7 +174,7 @@ def one_in_flight(children: Sequence[Child], fn: Callable[..., Any], items: Sequ
         while received < n:
             for key, _ in sel.select(5.0):
                 k = key.data
-                chunk = os.read(children[k].r, 1 << 18)
+                chunk = os.read(children[k].r, 1 << 16)
                 if not chunk:
                     raise RuntimeError("raw child exited")
                 replies = _decode(chunk, bufs[k])
@@ -258,7 +258,7 @@ class RawPool:
     def _reader(self, child: Child) -> None:
         while True:
             try:
-                chunk = os.read(child.r, 1 << 18)
+                chunk = os.read(child.r, 1 << 16)
             except OSError:
                 chunk = b""
             if not chunk:

@@ -37,6 +37,7 @@ MODULES = {
     "mpire": "mpire",
     "raw": "subprocess",
     "raw1": "subprocess",
+    "raw.async": "asyncio",
 }
 SYNC = {
     "throughput": workloads.sync_throughput,
