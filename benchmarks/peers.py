@@ -1103,6 +1103,7 @@ def main() -> None:
     params = make_params(args)
     common.become_subreaper()
     info = machine_info()
+    info["bytecode_compiled"] = common.compile_bytecode()
     started = time.perf_counter()
     load_start = loadavg()
     pin = params.pin

@@ -310,6 +310,7 @@ def main() -> None:
         args.rounds = args.rounds or 5
     args.rounds = args.rounds or 15
     info = machine_info()
+    info["bytecode_compiled"] = common.compile_bytecode()
     load_start = loadavg()
     print(
         f"poolkit replacement benchmark: {args.rounds} rounds; exec vs zygote; 2 workers; {args.others} "
