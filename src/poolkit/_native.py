@@ -3,7 +3,7 @@
 ``anyio.Event()`` and ``anyio.current_time()`` look the backend up (sniffio) on every use:
 about 1 us each, several times per call. The pool and its workers run in one event loop for
 their whole life, so they look it up once, at creation, and use the backend's types directly:
-``asyncio.Event`` and the loop's ``time`` on asyncio, ``trio.Event`` and
+:class:`OneShot` (a one-waiter ``asyncio.Event``) and the loop's ``time`` on asyncio, ``trio.Event`` and
 ``trio.current_time`` on trio. Both events have the interface the pool uses (``set``,
 ``is_set``, ``await wait()``), honour anyio cancel scopes (which cancel the waiting task), and
 ``current_time`` is exactly what ``anyio.current_time()`` returns. Any other backend falls back
@@ -12,6 +12,7 @@ to anyio's own.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -29,17 +30,52 @@ class Event(Protocol):
     def wait(self) -> Awaitable[object]: ...
 
 
+class OneShot:
+    """asyncio's :class:`asyncio.Event` cut to what the pool needs: set once, never cleared,
+    awaited by one task at a time. ``wait()`` returns a bare loop future instead of running a
+    coroutine that parks a future in a deque: two objects a call instead of five (the call
+    stays alive while it waits, so every object is one more for the garbage collector to scan
+    while thousands of calls are in hand) and no Python frame per wait.
+
+    A waiter that is cancelled cancels the future; the next ``wait()`` makes a new one, and
+    ``set()`` skips a future that is done. Two tasks waiting at once would share the future,
+    and cancelling one would wake the other: the pool never does that.
+    """
+
+    __slots__ = ("_flag", "_future")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._future: asyncio.Future[bool] | None = None
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            future = self._future
+            if future is not None and not future.done():
+                future.set_result(True)
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self) -> asyncio.Future[bool]:
+        future = self._future
+        if future is None or future.done():  # done and unset: a waiter gave up (cancelled)
+            future = self._future = asyncio.get_running_loop().create_future()
+            if self._flag:
+                future.set_result(True)
+        return future
+
+
 def current() -> tuple[Callable[[], Event], Callable[[], float]]:
     """(event factory, clock) of the event loop running now (sniffio is not a dependency of
     every anyio version, so the loop is found directly)."""
-    import asyncio
-
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         loop = None
     if loop is not None:
-        return asyncio.Event, loop.time
+        return OneShot, loop.time
     trio = sys.modules.get("trio")
     if trio is not None:
         try:
