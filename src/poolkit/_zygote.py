@@ -44,6 +44,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ._transport import _asyncio_loop, _PipeProtocol
+
 __all__ = ["ZygoteLauncher"]
 
 _READ_SIZE = 65536  # what a pipe holds; 256 KiB would be a fresh mmap per read in glibc (~14 us)
@@ -191,7 +193,7 @@ class _Zygote:
             assert answer is not None
             for fd in (in_w, out_r, err_r):
                 os.set_blocking(fd, False)
-            conn = _ZygoteConnection(self, answer, in_w, out_r, err_r)
+            conn = _ZygoteConnection(self, answer, in_w, out_r, err_r, _asyncio_loop())
             fds.clear()
             return conn
         finally:
@@ -327,17 +329,82 @@ async def _wait_process(proc: subprocess.Popen[bytes]) -> int:
 class _ZygoteConnection:
     """A :class:`~poolkit._transport.Connection` to a worker forked by the zygote: raw pipe
     fds (non-blocking) driven with ``anyio.wait_readable``/``wait_writable``, so it runs on any
-    anyio backend."""
+    anyio backend.
 
-    __slots__ = ("_child", "_closed", "_err", "_in", "_out", "_sending", "_waits", "_zygote")
+    On asyncio the worker's stdout is read by a reader callback of the loop's own
+    (``add_reader``) into the same :class:`~poolkit._transport._PipeProtocol` the exec
+    connection uses: with :meth:`set_receiver`, replies are handled in that callback rather
+    than by a reader task woken for each read (64 tasks of trivial calls: ~15% more calls/s,
+    as with exec workers)."""
 
-    def __init__(self, zygote: _Zygote, child: _Child, in_w: int, out_r: int, err_r: int) -> None:
+    __slots__ = (
+        "_child",
+        "_closed",
+        "_err",
+        "_in",
+        "_loop",
+        "_out",
+        "_proto",
+        "_reading",
+        "_sending",
+        "_waits",
+        "_zygote",
+    )
+
+    def __init__(
+        self, zygote: _Zygote, child: _Child, in_w: int, out_r: int, err_r: int, loop: Any = None
+    ) -> None:
         self._zygote = zygote
         self._child = child
         self._in, self._out, self._err = in_w, out_r, err_r
         self._closed = False
         self._sending = False  # a send() is under way: write_nowait must not overtake it
         self._waits: dict[int, anyio.CancelScope] = {}  # fds a task is waiting on, and its wait
+        self._loop = loop
+        self._proto: _PipeProtocol | None = None
+        self._reading = False
+        if loop is not None:
+            self._proto = _PipeProtocol(loop)
+            loop.add_reader(out_r, self._readable)
+            self._reading = True
+
+    def _readable(self) -> None:
+        """The loop's read callback for stdout (asyncio): hand the chunk on, or note EOF."""
+        proto = self._proto
+        assert proto is not None
+        try:
+            data = os.read(self._out, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            proto.pipe_data_received(1, data)
+        else:
+            self._stop_reading()
+            proto.pipe_connection_lost(1, None)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._out)
+
+    def set_receiver(self, deliver: Any) -> None:
+        """As :meth:`poolkit._transport._AsyncioConnection.set_receiver` (asyncio; elsewhere
+        every chunk goes to receive())."""
+        if self._proto is not None:
+            self._proto.deliver = deliver
+
+    def stop_receiving(self) -> None:
+        """As :meth:`poolkit._transport._AsyncioConnection.stop_receiving`."""
+        proto = self._proto
+        if proto is None:
+            return
+        self._stop_reading()
+        proto.deliver = None
+        proto.stopped = True
+        proto.out.clear()
+        proto.pipe_connection_lost(1, None)
 
     @property
     def pid(self) -> int | None:
@@ -408,6 +475,8 @@ class _ZygoteConnection:
         return not scope.cancel_called
 
     async def receive(self) -> bytes:
+        if self._proto is not None:
+            return await self._proto.read(1)
         return await self._read(self._out, _READ_SIZE)
 
     async def receive_stderr(self) -> bytes:
@@ -426,6 +495,9 @@ class _ZygoteConnection:
         if self._closed:
             return
         self._closed = True
+        if self._proto is not None:  # stdout has no task waiting on it: a reader callback
+            self._stop_reading()
+            self._proto.pipe_connection_lost(1, None)
         for fd in (self._in, self._out, self._err):
             wait = self._waits.get(fd)
             if wait is None:

@@ -340,3 +340,60 @@ async def test_connection_follows_the_transport_protocol() -> None:
                 assert await second.wait() == -signal.SIGKILL
     finally:
         await launcher.aclose()
+
+
+@pytest.mark.anyio
+async def test_connection_hands_replies_to_a_receiver(anyio_backend: str) -> None:
+    """On asyncio, ``set_receiver(deliver)`` gets the worker's stdout in the loop's read
+    callback (as the exec connection does); a chunk it refuses waits for receive(), and
+    stop_receiving() ends a waiting receive() with b"". On trio every chunk goes to receive()."""
+    from poolkit import _protocol as proto
+
+    launcher = ZygoteLauncher()
+    try:
+        with anyio.fail_after(scaled(30)):
+            async with anyio.create_task_group() as tg:
+                conn = await launcher.launch(
+                    {"worker_id": "z1"}, command=None, python=sys.executable, env={}, cwd=None, task_group=tg
+                )
+                delivered: list[bytes] = []
+                taking = True
+
+                def deliver(data: bytes) -> bool:
+                    if taking:
+                        delivered.append(data)
+                    return taking
+
+                conn.set_receiver(deliver)
+                decoder = proto.FrameDecoder(proto.DEFAULT_MAX_FRAME_SIZE)
+                frames: list[proto.Frame] = []
+                if anyio_backend == "asyncio":
+                    await wait_until(lambda: bool(delivered), 20, "READY delivered to the receiver")
+                    frames += decoder.feed(b"".join(delivered))
+                else:
+                    while not frames:
+                        frames += decoder.feed(await conn.receive())
+                assert frames[0].kind is proto.FrameKind.READY
+
+                taking = False  # refused chunks wait for receive()
+                await conn.send(proto.encode_frame(proto.FrameKind.PING, 7))
+                frames = []
+                while not frames:
+                    frames += decoder.feed(await conn.receive())
+                assert (frames[0].kind, frames[0].call_id) == (proto.FrameKind.PONG, 7)
+
+                if anyio_backend == "asyncio":
+                    got: list[bytes] = []
+
+                    async def receive() -> None:
+                        got.append(await conn.receive())
+
+                    tg.start_soon(receive)
+                    await anyio.wait_all_tasks_blocked()
+                    conn.stop_receiving()
+                    await wait_until(lambda: got == [b""], 10, "receive() ended by stop_receiving()")
+                conn.kill()
+                assert await conn.wait() == -signal.SIGKILL
+                await conn.aclose()
+    finally:
+        await launcher.aclose()
