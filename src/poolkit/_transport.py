@@ -69,7 +69,36 @@ class Launcher(Protocol):
         ...
 
 
-class _ProcessConnection:
+class _Signals:
+    """``terminate``/``kill`` for a connection to a child process of ours: a no-op once the
+    process has been reaped (its pid may belong to another process by then), and a process
+    that is already gone is not an error. Subclasses say how to send (``_send_signal``)."""
+
+    __slots__ = ()
+
+    @property
+    def returncode(self) -> int | None:
+        raise NotImplementedError
+
+    def _send_signal(self, sig: signal.Signals) -> None:
+        raise NotImplementedError
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            self._send_signal(sig)
+        except (ProcessLookupError, OSError):
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+class _ProcessConnection(_Signals):
     """A :class:`Connection` over an anyio Process's stdin/stdout/stderr pipes (trio; asyncio
     has :class:`_AsyncioConnection`)."""
 
@@ -110,19 +139,8 @@ class _ProcessConnection:
     async def wait(self) -> int:
         return await self._proc.wait()
 
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._proc.returncode is not None:
-            return
-        try:
-            self._proc.send_signal(sig)
-        except (ProcessLookupError, OSError):
-            pass
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+    def _send_signal(self, sig: signal.Signals) -> None:
+        self._proc.send_signal(sig)
 
     async def aclose(self) -> None:
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
@@ -315,7 +333,7 @@ class _PipeProtocol:
         return data
 
 
-class _AsyncioConnection:
+class _AsyncioConnection(_Signals):
     """A :class:`Connection` on asyncio's own subprocess transport (``loop.subprocess_exec``).
 
     Why not anyio's process here: replies arrive in the loop's read callback, and with
@@ -390,19 +408,8 @@ class _AsyncioConnection:
         assert code is not None
         return int(code)
 
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._transport.get_returncode() is not None:
-            return
-        try:
-            self._transport.send_signal(sig)
-        except (ProcessLookupError, OSError):
-            pass
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+    def _send_signal(self, sig: signal.Signals) -> None:
+        self._transport.send_signal(sig)
 
     async def aclose(self) -> None:
         self._proto.deliver = None
