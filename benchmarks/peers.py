@@ -41,10 +41,8 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -59,6 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks._peers: run as a script, the repository root is not on the path
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import _machine  # noqa: E402
+from benchmarks._machine import loadavg  # noqa: E402
 from benchmarks._peers import common  # noqa: E402
 from benchmarks._peers.catalog import BASELINE, BY_NAME, SYSTEMS, WORKLOADS  # noqa: E402
 
@@ -1048,44 +1048,11 @@ def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
 
 # --------------------------------------------------------------------------- machine
 def machine_info() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for dist in PEER_DISTS:
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
     return {
-        "poolkit_src_commit": src_commit(),
-        "cpu_count": os.cpu_count(),
+        **_machine.machine_info(PEER_DISTS),
+        "poolkit_src_commit": _machine.src_commit(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "versions": versions,
     }
-
-
-def src_commit() -> str | None:
-    """The last commit that touched src/ (``git log -1 --format=%h -- src``), "+dirty" if src/
-    has uncommitted changes: what the poolkit figures measured."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    try:
-        commit = git("log", "-1", "--format=%h", "--", "src")
-        return (commit + ("+dirty" if git("status", "--porcelain", "--", "src") else "")) or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 # --------------------------------------------------------------------------- main

@@ -40,13 +40,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -59,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks._peers: run as a script, the repository root is not on the path
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._machine import loadavg, machine_info  # noqa: E402
 from benchmarks._peers import common  # noqa: E402
 
 from poolkit import (  # noqa: E402
@@ -239,44 +237,6 @@ def results_of(samples: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def machine_info() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for dist in ("poolkit", "anyio", "trio"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    root = Path(__file__).resolve().parent.parent
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        commit: str | None = done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "poolkit_commit": commit,
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "versions": versions,
-    }
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 # --------------------------------------------------------------------------- main
 async def collect(args: argparse.Namespace) -> tuple[list[list[dict[str, Any]]], list[list[float]]]:
     for method in METHODS:  # unrecorded: first imports, page cache
@@ -309,7 +269,7 @@ def main() -> None:
     if args.quick:
         args.rounds = args.rounds or 5
     args.rounds = args.rounds or 15
-    info = machine_info()
+    info = machine_info(("poolkit", "anyio", "trio"))
     info["bytecode_compiled"] = common.compile_bytecode()
     load_start = loadavg()
     print(

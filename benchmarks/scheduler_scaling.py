@@ -36,13 +36,10 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import importlib.metadata
 import json
 import operator
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -54,6 +51,12 @@ import anyio
 from poolkit import Pool
 from poolkit._scheduler import Scheduler
 from poolkit.testing import Layer, ensure_pool_ready, pool_for
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is a namespace package under ROOT
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._machine import loadavg, machine_info  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "scheduler_scaling.json"
 MEASURES = ("scheduler", "dispatch", "call")
@@ -221,46 +224,6 @@ def print_table(params: Params, results: list[dict[str, Any]]) -> None:
 
 
 # --------------------------------------------------------------------------- machine
-def machine_info() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for dist in ("poolkit", "anyio", "trio"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "poolkit_commit": git_commit(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "versions": versions,
-    }
-
-
-def git_commit() -> str | None:
-    """The checkout's commit, with "+dirty" if src/ has uncommitted changes (None: not a checkout)."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        return (commit + ("+dirty" if git("status", "--porcelain", "--", "src") else "")) or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 def pin_cpu(pin: bool) -> int | None:
     if not pin or not hasattr(os, "sched_getaffinity"):
         return None
@@ -298,7 +261,7 @@ def main() -> None:
     )
     if params.pin is not None:
         os.sched_setaffinity(0, {params.pin})
-    info = machine_info()
+    info = machine_info(("poolkit", "anyio", "trio"))
     load_start = loadavg()
     started = time.perf_counter()
     print(

@@ -42,13 +42,10 @@ import collections
 import dataclasses
 import datetime
 import gc
-import importlib.metadata
 import json
 import operator
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import timeit
@@ -69,6 +66,13 @@ from poolkit import (
     WorkerState,
     WorkerStateChanged,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is a namespace package under ROOT
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import _machine  # noqa: E402
+from benchmarks._machine import loadavg  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "telemetry.json"
 CONFIGS = ("off", "noemit", "subscriber", "sdk", "sdk+log")
@@ -467,45 +471,12 @@ def summarize(samples: list[float]) -> dict[str, float]:
 def machine_info() -> dict[str, Any]:
     from opentelemetry import metrics, trace
 
-    versions: dict[str, str | None] = {}
-    for dist in ("poolkit", "anyio", "structlog", "opentelemetry-api", "opentelemetry-sdk", "trio"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
+    dists = ("poolkit", "anyio", "structlog", "opentelemetry-api", "opentelemetry-sdk", "trio")
     return {
-        "poolkit_commit": git_commit(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "versions": versions,
+        **_machine.machine_info(dists),
         "global_tracer_provider": type(trace.get_tracer_provider()).__qualname__,
         "global_meter_provider": type(metrics.get_meter_provider()).__qualname__,
     }
-
-
-def git_commit() -> str | None:
-    """The checkout's commit, with "+dirty" if src/ has uncommitted changes (None: not a checkout)."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        return (commit + ("+dirty" if git("status", "--porcelain", "--", "src") else "")) or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 # --------------------------------------------------------------------------- main
