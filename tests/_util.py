@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -66,3 +71,29 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+@contextlib.contextmanager
+def running_parent(*args: str) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """Run ``python ARGS`` from tests/ (a parent process holding a pool, for the orphan tests)
+    and yield it with the JSON it prints on its first line once its pool is up; always kill
+    and reap it and close its pipes, whatever the test does."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    with subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=TESTS_DIR,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # blocks until the pool is up (bounded by the global timeout)
+            if not line:
+                proc.wait(timeout=scaled(10))
+                raise AssertionError(f"parent failed to start: {proc.stderr.read() if proc.stderr else ''}")
+            yield proc, json.loads(line)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=scaled(10))

@@ -8,17 +8,15 @@ input; the test asserts every worker pid is gone within a bound.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import anyio
 import pytest
 
-from _util import TESTS_DIR, pid_alive, scaled, wait_until_sync
+from _util import pid_alive, running_parent, scaled, wait_until_sync
 from integration import _faults
 from poolkit import Pool
 
@@ -29,28 +27,10 @@ BACKENDS = ["asyncio", "trio"]
 
 @contextlib.contextmanager
 def _parent(backend: str, mode: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
-    """Start the parent; always reap it and close its pipes, whatever the test does."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    with subprocess.Popen(
-        [sys.executable, "-m", "integration._parent", backend, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=TESTS_DIR,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()  # blocks until the pool is up (bounded by the global timeout)
-            if not line:
-                proc.wait(timeout=scaled(10))
-                raise AssertionError(f"parent failed to start: {proc.stderr.read() if proc.stderr else ''}")
-            pids = json.loads(line)
-            assert len(pids) == 2
-            yield proc, pids
-        finally:
-            proc.kill()
-            proc.communicate(timeout=scaled(10))
+    """The parent (``integration._parent``) and its two workers' pids."""
+    with running_parent("-m", "integration._parent", backend, mode) as (proc, pids):
+        assert len(pids) == 2
+        yield proc, pids
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 
-from _util import TESTS_DIR, pid_alive, scaled, wait_until, wait_until_sync
+from _util import TESTS_DIR, pid_alive, running_parent, scaled, wait_until, wait_until_sync
 from integration import _faults, _targets
 from poolkit import (
     Pool,
@@ -238,25 +238,8 @@ anyio.run(main, sys.argv[2], backend=sys.argv[1])
 
 @contextlib.contextmanager
 def _parent(backend: str, mode: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    with subprocess.Popen(
-        [sys.executable, "-c", _PARENT, backend, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=TESTS_DIR,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()  # blocks until the pool is up (bounded by the global timeout)
-            if not line:
-                proc.wait(timeout=scaled(10))
-                raise AssertionError(f"parent failed to start: {proc.stderr.read() if proc.stderr else ''}")
-            yield proc, json.loads(line)
-        finally:
-            proc.kill()
-            proc.communicate(timeout=scaled(10))
+    with running_parent("-c", _PARENT, backend, mode) as (proc, pids):
+        yield proc, pids
 
 
 @pytest.mark.parametrize("mode", ["idle", "busy"])
