@@ -8,7 +8,8 @@ startup and memory.
 
 Systems (``--only`` takes system and workload names, mixed; a name also selects the systems
 named after it: ``poolkit`` is poolkit, poolkit.x64 and poolkit.map): poolkit (``await
-pool.call`` from a task per call; ``poolkit.x64``: 64 tasks; ``poolkit.map``), the raw-pipe reference
+pool.call`` from a task per call; ``poolkit.x64``: 64 tasks; ``poolkit.map``: its defaults,
+adaptive chunks; ``poolkit.map1``: a call per input; ``poolkit.map256``), the raw-pipe reference
 (``raw.pipelined``, ``raw.one``: a hand-written client and child exchanging length-prefixed
 frames, the practical limit), concurrent.futures.ProcessPoolExecutor (``ppe``),
 multiprocessing.Pool (``mp``: apply_async; ``mp.map``), loky, pebble, aiomultiprocess
@@ -553,7 +554,7 @@ def targets(summary: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         cell = tp.get(name, {}).get(payload, {}).get("calls_per_s")
         return float(cell["median"]) if cell else None
 
-    for mine in ("poolkit", "poolkit.x64", "poolkit.map", "poolkit.map256"):
+    for mine in ("poolkit", "poolkit.x64", "poolkit.map", "poolkit.map1", "poolkit.map256"):
         mine_rate = rate(mine)
         if mine_rate is None:
             continue

@@ -20,8 +20,8 @@ Configurations, measured side by side in one run (``--configs`` picks some):
 Layers: ``subprocess`` (2 real worker processes: what users see) and ``bridge`` (2 in-process
 fake workers speaking the real protocol: everything runs on the parent's CPU, so it shows the
 parent-side cost most clearly; half the calls of the subprocess layer). Workloads:
-``call x64`` (``await pool.call(operator.neg, i)`` from 64 tasks), ``map`` (``pool.map``,
-default concurrency) and ``call x1`` (one task, call after call: the workers go idle between
+``call x64`` (``await pool.call(operator.neg, i)`` from 64 tasks), ``map`` (``pool.map``, a call
+per input, default concurrency) and ``call x1`` (one task, call after call: the workers go idle between
 calls).
 
 Method (benchmarks/README.md says why): every measurement gets a fresh pool and fresh SDK
@@ -267,7 +267,7 @@ async def run_calls(pool: Pool, calls: int, tasks: int) -> None:
 
 async def run_map(pool: Pool, calls: int) -> None:
     n = 0
-    async for _ in pool.map(TARGET, range(calls)):
+    async for _ in pool.map(TARGET, range(calls), chunksize=1):  # per-call costs: no chunks
         n += 1
     assert n == calls
 

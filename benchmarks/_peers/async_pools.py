@@ -134,6 +134,13 @@ class Poolkit(AsyncPool):
         }
 
 
+class PoolkitPerCallMap(Poolkit):
+    """poolkit's ``pool.map(fn, xs, chunksize=1)``: a call per input, the per-call map."""
+
+    async def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+        return [r async for r in self.pool.map(fn, items, chunksize=1)]
+
+
 class PoolkitChunked(Poolkit):
     """poolkit's ``pool.map(fn, xs, chunksize=256)``: inputs 256 to a call."""
 
@@ -287,6 +294,7 @@ ASYNC_POOLS: dict[str, type[AsyncPool]] = {
     "poolkit": Poolkit,
     "poolkit.zygote": PoolkitZygote,
     "poolkit.chunked": PoolkitChunked,
+    "poolkit.percall": PoolkitPerCallMap,
     "aiomp": Aiomp,
     "anyio": AnyioProcess,
 }

@@ -58,7 +58,15 @@ SYSTEMS: tuple[System, ...] = (
         "poolkit",
         "async",
         "map",
-        "`async for r in pool.map(fn, xs)` (default concurrency)",
+        "`async for r in pool.map(fn, xs)` (defaults: adaptive chunks)",
+        _map_na(),
+    ),
+    System(
+        "poolkit.map1",
+        "poolkit.percall",
+        "async",
+        "map",
+        "`async for r in pool.map(fn, xs, chunksize=1)`: a call per input",
         _map_na(),
     ),
     System(

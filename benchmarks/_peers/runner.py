@@ -29,6 +29,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "poolkit": ("poolkit._pool",),  # poolkit re-exports lazily: this is what `Pool` loads
     "poolkit.zygote": ("poolkit._pool", "poolkit._zygote"),
     "poolkit.chunked": ("poolkit._pool",),
+    "poolkit.percall": ("poolkit._pool",),
     "aiomp": ("aiomultiprocess",),
     "anyio": ("anyio.to_process",),
     "ppe": ("concurrent.futures.process",),

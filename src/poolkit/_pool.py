@@ -32,9 +32,9 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Literal, Self, cast
 
 import anyio
 import anyio.abc
@@ -56,7 +56,6 @@ from ._errors import (
     PoolFailed,
     QueueFull,
     QueueTimeout,
-    RemoteError,
     SerializationError,
     SessionLost,
     SessionUnavailable,
@@ -94,6 +93,7 @@ from ._events import (
     WorkerStateChanged,
 )
 from ._log import get_logger
+from ._map import MapIterator
 from ._recovery import RECOVERY, BreakerState, CircuitBreaker, RestartBudget, restart_delay, retry_delay
 from ._scheduler import Scheduler
 from ._session import AffinityMode, Binding, PoolSession, check_key, check_mode
@@ -101,9 +101,6 @@ from ._state import PoolEvent, PoolState, PoolStateMachine, Transition, WorkerEv
 from ._telemetry import EventStream, Telemetry
 from ._transport import Launcher, SubprocessLauncher
 from ._worker import Worker, WorkerOwner
-
-# Pool.map(chunksize=N) runs each chunk as one call of this worker-runtime function.
-_RUN_CHUNK = "poolkit.worker._runtime:run_chunk"
 
 WorkerFactory = Callable[[WorkerOwner, PoolConfig, Launcher, str], Worker]
 
@@ -521,22 +518,26 @@ class Pool:
         *iterables: Iterable[Any],
         concurrency: int | None = None,
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> MapIterator:
         """Like ``map(target, *iterables)``: results in input order, streamed as they come.
 
         At most ``concurrency`` calls (default: 2 x workers x the pipeline limit, so that
-        calls are already queued in the pool when a reply frees a worker) are admitted at a time, so
-        an endless iterable is fine. The first failing call raises its error and
-        ends the iteration. Leaving early (``break``) is cheap: queued calls are withdrawn
-        and running ones finish in their worker with their results discarded.
-        Use ``async with pool.map(...) as results:`` to close it promptly on early exit.
+        calls are already queued in the pool when a reply frees a worker; 4 x workers once
+        inputs travel in chunks) are admitted at a time, so an endless iterable is fine. The
+        first failing item raises its error and ends the iteration. Leaving early
+        (``break``) is cheap: queued calls are withdrawn and running ones finish in their
+        worker with their results discarded. Use ``async with pool.map(...) as results:`` to
+        close it promptly on early exit.
 
-        ``chunksize=N`` sends the inputs N to a call (default concurrency then 4 x workers
-        calls): many times the throughput for small calls, at the price of per-item
-        granularity. ``timeout`` and retries then apply to a chunk; a failing item still
-        raises its own error after the results before it; a worker crash fails its whole
-        chunk. Needs poolkit's Python worker runtime (not ``command=`` workers).
+        ``chunksize``: inputs per call. ``"auto"`` (default) starts with one and, once the
+        workers' reported run times show an item takes well under 2 ms, sends as many per
+        call as make about 2 ms of work (at most 4,096, and 256 KiB of request and reply):
+        tiny items run many times faster, slow ones keep a call each. ``N`` fixes it; ``1``
+        is a call per item always. In a chunk, ``timeout`` and retries apply to the chunk;
+        a failing item still raises its own error after the results before it; a worker
+        crash or a timeout fails the whole chunk. Chunks need poolkit's worker runtime
+        (``"auto"`` never chunks for ``command=`` workers; ``N > 1`` needs it).
         """
         return MapIterator(self, target, zip(*iterables, strict=False), concurrency, timeout, chunksize)
 
@@ -548,7 +549,7 @@ class Pool:
         *,
         concurrency: int | None = None,
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> MapIterator:
         """Like :meth:`map`, but each item of ``iterable`` is the tuple of arguments."""
         return MapIterator(self, target, (tuple(args) for args in iterable), concurrency, timeout, chunksize)
@@ -1964,123 +1965,3 @@ def _unresponsive(worker: Worker, silent: float, interval: float) -> Callable[[C
         )
 
     return fault
-
-
-class MapIterator:
-    """Async iterator of :meth:`Pool.map` results, in input order. Also an async context manager."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        target: Any,
-        source: Iterator[tuple[Any, ...]],
-        concurrency: int | None,
-        timeout: float | None,
-        chunksize: int = 1,
-    ) -> None:
-        if concurrency is not None and concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
-        if type(chunksize) is not int or chunksize < 1:
-            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
-        self._pool = pool
-        self._target = target
-        self._source: Iterator[tuple[Any, ...]] | None = source
-        self._chunksize = chunksize
-        default = (
-            4 * pool.config.worker_limit
-            if chunksize > 1
-            else 2 * pool.config.worker_limit * pool.config.pipeline_limit
-        )
-        self._concurrency = concurrency or default
-        self._timeout = timeout
-        self._pending: collections.deque[Call] = collections.deque()
-        self._ready: collections.deque[Any] = collections.deque()  # results of a chunk, to yield
-        self._failure: PoolError | None = None  # a chunk's failing item, raised after _ready
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def _next_call(self) -> Call | None:
-        """The call for the next input (or chunk of inputs); None when the inputs are done."""
-        assert self._source is not None
-        pool = self._pool
-        if self._chunksize == 1:
-            args = next(self._source, None)
-            if args is None:
-                return None
-            return pool._make_call(self._target, args, {}, self._timeout)
-        items = [list(args) for args in itertools.islice(self._source, self._chunksize)]
-        if not items:
-            return None
-        return pool._make_call(_RUN_CHUNK, (self._target, items), {}, self._timeout)
-
-    def _unpack(self, call: Call, value: Any) -> None:
-        """A chunk's reply: its results to yield, then its failing item's error, if any."""
-        results, error = value
-        self._ready.extend(results)
-        if error is not None:
-            worker = call.worker
-            self._failure = RemoteError(
-                str(error.get("type", "Exception")),
-                str(error.get("message", "")),
-                str(error.get("traceback", "")),
-                phase=Phase.RUNNING,
-                worker_id=worker.id if worker else None,
-                pid=worker.pid if worker else None,
-                target=describe_target(self._target),
-            )
-
-    def _take_failure(self) -> PoolError | None:
-        failure, self._failure = self._failure, None
-        return failure
-
-    async def __anext__(self) -> Any:
-        if self._ready:
-            return self._ready.popleft()
-        pool = self._pool
-        try:
-            failure = self._take_failure()
-            if failure is not None:
-                raise failure
-            while True:
-                while self._source is not None and len(self._pending) < self._concurrency:
-                    call = self._next_call()
-                    if call is None:
-                        self._source = None
-                        break
-                    await pool._admit(call)
-                    self._pending.append(call)
-                if not self._pending:
-                    raise StopAsyncIteration
-                call = self._pending[0]
-                value = await pool._result(call)
-                self._pending.popleft()
-                if self._chunksize == 1:
-                    return value
-                self._unpack(call, value)
-                if self._ready:
-                    return self._ready.popleft()
-                failure = self._take_failure()
-                if failure is not None:
-                    raise failure
-        except StopAsyncIteration:
-            raise
-        except BaseException:
-            if self._pending and self._pending[0].ended:
-                self._pending.popleft()
-            await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        """Withdraw what has not run; let running calls finish unobserved."""
-        self._source = None
-        self._ready.clear()
-        self._failure = None
-        while self._pending:
-            self._pool._withdraw(self._pending.popleft())

@@ -90,7 +90,7 @@ class SyncPool:
         *iterables: Iterable[Any],
         concurrency: int | None = None,
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> Generator[Any, None, None]:
         """Blocking :meth:`Pool.map`: a generator of results in input order."""
         portal = self._require_portal()

@@ -85,6 +85,28 @@ async def test_chunked_map_runs_callables_handler_methods_and_coroutines() -> No
 @pytest.mark.anyio
 @pytest.mark.integration
 @pytest.mark.xdist_group("processes")
+async def test_default_map_sends_small_items_in_chunks_to_real_workers() -> None:
+    """The default map on real workers learns from their reported run times: 5,000 trivial
+    items (a callable, then a coroutine function) come back in order from far fewer calls;
+    a handler method by name too."""
+    with anyio.fail_after(scaled(60)):
+        async with Pool(min_workers=2) as pool:
+            results = pool.map(_targets.add, range(5000), range(5000))
+            assert [r async for r in results] == [2 * i for i in range(5000)]
+            assert results.chunksize > 1
+            assert pool.statistics().completed < 5000 // 4
+            results = pool.map(_targets.async_add, range(2000), range(2000), concurrency=4)
+            assert [r async for r in results] == [2 * i for i in range(2000)]
+            assert results.chunksize > 1
+        async with Pool(min_workers=1, worker=WorkerSpec(handler="integration._faults:Tally")) as pool:
+            results = pool.map("add", [1] * 1000, concurrency=2)
+            assert [r async for r in results] == list(range(1, 1001))
+            assert results.chunksize > 1
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+@pytest.mark.xdist_group("processes")
 async def test_frames_many_pipe_reads_long_arrive_whole_both_ways() -> None:
     """Arguments and results of 1 MiB (each end reads a pipe 64 KiB at a time), several in
     flight on one worker beside small calls, come back intact, each to its own caller."""

@@ -137,7 +137,9 @@ async def test_map_returns_results_in_input_order() -> None:
 
 async def test_map_bounds_the_calls_in_flight_to_its_concurrency() -> None:
     """map(concurrency=2) never has more than 2 calls admitted, although the pool has room for 4
-    (2 workers x pipeline depth 2); it keeps exactly 2 going while inputs remain."""
+    (2 workers x pipeline depth 2); it keeps exactly 2 going while inputs remain. (chunksize=1:
+    a call per input, so that calls and inputs are the same thing here; the gated calls are
+    quick enough that the default would start sending them in chunks, test_map_chunks.py.)"""
     n = 6
     keys = [f"k{i}" for i in range(n)]
     with anyio.fail_after(scaled(10)):
@@ -146,7 +148,7 @@ async def test_map_bounds_the_calls_in_flight_to_its_concurrency() -> None:
             results: list[Any] = []
 
             async def consume() -> None:
-                async for value in pool.map(wait_for, keys, range(n), concurrency=2):
+                async for value in pool.map(wait_for, keys, range(n), concurrency=2, chunksize=1):
                     results.append(value)
 
             def admitted() -> int:

@@ -44,6 +44,7 @@ import anyio
 import anyio.abc
 
 from .. import _protocol as proto
+from .._map import RUN_CHUNK
 from .._transport import Connection
 from ..worker import Session
 from ..worker._runtime import FEATURES, _current_trace, _timing_block, _trace_context
@@ -466,6 +467,8 @@ class _FakeWorker:
     def _target(self, target: Any) -> Any:
         if not isinstance(target, str):
             return target
+        if target == RUN_CHUNK:
+            return self._run_chunk
         if ":" not in target:
             if self.handler is None:
                 raise LookupError(f"target {target!r} names a handler method, but no handler is configured")
@@ -474,6 +477,25 @@ class _FakeWorker:
         if fn is None:
             fn = self.targets[target] = _resolve(target)
         return fn
+
+    async def _run_chunk(self, target: Any, items: list[Any]) -> list[Any]:
+        """The worker runtime's ``run_chunk`` (a chunk of ``Pool.map``), on this event loop:
+        the target resolves as a call's does (a handler method name too) and awaitable
+        results are awaited, as in a real worker."""
+        fn = self._target(target)
+        results: list[Any] = []
+        for args in items:
+            try:
+                result = fn(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except (FakeExit, anyio.get_cancelled_exc_class()):
+                raise
+            except Exception as exc:
+                body = {"type": _qualname(exc), "message": str(exc), "traceback": traceback.format_exc()}
+                return [results, {**body, "phase": "running"}]
+            results.append(result)
+        return [results, None]
 
     def _error(self, call_id: int, exc: BaseException, phase: str) -> None:
         self._send_json(

@@ -101,7 +101,7 @@ _STATM = "/proc/self/statm" if sys.platform.startswith("linux") else None
 _F = TypeVar("_F", bound=Callable[[], object])
 _EXTENSIONS = FLAG_TRACE | FLAG_TIMING
 #: What this runtime announces in READY (docs/protocol.md): the pool uses each only if announced.
-FEATURES = ("session_end", "pong_rss", "trace_context", "timings")
+FEATURES = ("session_end", "pong_rss", "trace_context", "timings", "map_chunks")
 
 
 class TraceContext(NamedTuple):
