@@ -73,6 +73,9 @@ class MapIterator:
         self._concurrency = concurrency or 2 * config.worker_limit * config.pipeline_limit
         self._chunk_concurrency = concurrency or 4 * config.worker_limit
         self._timeout = timeout
+        # A chunk's own name: its breaker, run-time estimate and telemetry are its target's
+        # chunks', not shared by every map's chunks (nor mixed with its single calls' timings).
+        self._chunk_name = f"{describe_target(target)} (map chunk)"
         limit = timeout if timeout is not None else config.default_timeout
         # A chunk shares one call's deadline: keep its work a small part of it.
         self._budget = _CHUNK_SECONDS if limit is None else min(_CHUNK_SECONDS, limit / 16)
@@ -112,7 +115,7 @@ class MapIterator:
             chunk = [list(args) for args in itertools.islice(self._source, self._chunksize)]
             if not chunk:
                 return None
-            call = pool._make_call(RUN_CHUNK, (self._target, chunk), {}, self._timeout)
+            call = pool._make_call(RUN_CHUNK, (self._target, chunk), {}, self._timeout, name=self._chunk_name)
             items = len(chunk)
         if self._auto:
             call.ext |= proto.FLAG_TIMING  # the run time the sizing learns from

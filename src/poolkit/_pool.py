@@ -536,8 +536,9 @@ class Pool:
         tiny items run many times faster, slow ones keep a call each. ``N`` fixes it; ``1``
         is a call per item always. In a chunk, ``timeout`` and retries apply to the chunk;
         a failing item still raises its own error after the results before it; a worker
-        crash or a timeout fails the whole chunk. Chunks need poolkit's worker runtime
-        (``"auto"`` never chunks for ``command=`` workers; ``N > 1`` needs it).
+        crash or a timeout fails the whole chunk; errors, events and breakers name it
+        ``"<target> (map chunk)"``. Chunks need poolkit's worker runtime (``"auto"`` never
+        chunks for ``command=`` workers; ``N > 1`` needs it).
         """
         return MapIterator(self, target, zip(*iterables, strict=False), concurrency, timeout, chunksize)
 
@@ -563,9 +564,12 @@ class Pool:
         *,
         idempotent: bool = False,
         session: str | int | PoolSession | None = None,
+        name: str | None = None,
     ) -> Call:
+        """``name``: what errors, telemetry, breakers and run-time estimates call the target
+        (default: ``target`` described); a map's chunks say whose chunk they are."""
         self._check_open()
-        name = describe_target(target)
+        name = name or describe_target(target)
         if self._codec == proto.Codec.JSON and not isinstance(target, str):
             raise SerializationError(
                 "the json codec sends targets by name: pass 'pkg.mod:func', not a callable",

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from _util import scaled
-from poolkit import Pool, RemoteError
+from poolkit import CallCompleted, Pool, RemoteError
 from poolkit.testing import MockScript
 from poolkit.testing._bridge import BridgeLauncher
 from unit._targets import add, echo
@@ -61,6 +61,18 @@ async def test_chunked_starmap_and_string_targets() -> None:
             assert [r async for r in pool.starmap(add, [(1, 2), (3, 4), (5, 6)], chunksize=2)] == [3, 7, 11]
             got = [r async for r in pool.map("math:factorial", range(6), chunksize=4)]
             assert got == [math.factorial(i) for i in range(6)]
+
+
+async def test_chunks_are_named_after_their_target() -> None:
+    """Events (and errors, breakers, run-time estimates) name a chunk after its map's target:
+    two maps' chunks never share a breaker, nor a chunk a single call's run-time estimate."""
+    with anyio.fail_after(scaled(10)):
+        async with _pool() as pool:
+            events: list[Any] = []
+            pool.subscribe(events.append)
+            assert [r async for r in pool.map(echo, range(10), chunksize=5)] == list(range(10))
+            names = [e.target for e in events if isinstance(e, CallCompleted)]
+            assert names == ["unit._targets:echo (map chunk)"] * 2
 
 
 async def test_a_failing_item_raises_its_error_after_the_results_before_it() -> None:
