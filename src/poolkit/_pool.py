@@ -477,7 +477,11 @@ class Pool:
         call got; cancelling the caller removes or stops the call (see ``docs/errors.md``).
         """
         call = self._make_call(target, args, kwargs, timeout, idempotent=idempotent, session=session)
-        await self._admit(call)
+        if self._room_waiters or not self._has_room():
+            await self._admit(call)
+        else:  # room now: no waiting, so no coroutine for it (the per-call path, item 15)
+            self._saturated = False
+            self._enqueue(call)
         return await self._result(call)
 
     def session(self, key: str | int, *, mode: AffinityMode | None = None) -> PoolSession:
@@ -745,8 +749,13 @@ class Pool:
                 if call.session is not None:
                     self._forget_unused(call.session)
                 raise
-        elif self._saturated:
+        else:
             self._saturated = False
+        self._enqueue(call)
+
+    def _enqueue(self, call: Call) -> None:
+        """Queue an admitted call (there is room: :meth:`_admit` waited for it, or the caller
+        found room without waiting and cleared ``_saturated``) and dispatch."""
         binding = call.session
         if binding is not None and binding.ended is not None:
             # The session ended while this call waited for room: it starts the key's next one
@@ -791,7 +800,19 @@ class Pool:
         """
         try:
             while True:
-                value, error = await self._outcome(call)
+                # One attempt: wait for the call's event under its deadline (inline, not a
+                # coroutine of its own: item 15), then read how it ended.
+                try:
+                    if call.deadline is None:
+                        await call.event.wait()
+                    else:
+                        with anyio.CancelScope(deadline=call.deadline):
+                            await call.event.wait()
+                except BaseException:
+                    if not call.ended:
+                        self._caller_left(call)
+                    raise
+                value, error = self._settle(call)
                 if error is None:
                     self._completed += 1
                     self._succeeded(call)
@@ -815,23 +836,18 @@ class Pool:
             if call.session is not None:
                 self._session_release(call)
 
-    async def _outcome(self, call: Call) -> tuple[Any, PoolError | None]:
-        """One attempt: wait for the call's event under its deadline; (value, None) or
-        (None, error). Cancellation of the caller is settled here and re-raised."""
-        try:
-            if call.deadline is None:
-                await call.event.wait()
-            else:
-                with anyio.CancelScope(deadline=call.deadline):
-                    await call.event.wait()
-        except BaseException:
-            if not call.ended:
-                self._cancelled += 1
-                if self._tel.calls:
-                    self._emit_failed(call, FailureKind.CANCELLED, call.phase, "cancelled by the caller")
-                self._abandon(call, stop_running=True)
-                self._end_trials(call, None)
-            raise
+    def _caller_left(self, call: Call) -> None:
+        """The caller was cancelled while its call was in hand: count, report, and remove or
+        stop the call."""
+        self._cancelled += 1
+        if self._tel.calls:
+            self._emit_failed(call, FailureKind.CANCELLED, call.phase, "cancelled by the caller")
+        self._abandon(call, stop_running=True)
+        self._end_trials(call, None)
+
+    def _settle(self, call: Call) -> tuple[Any, PoolError | None]:
+        """How an attempt ended, once its event is set or its deadline passed: (value, None)
+        or (None, error)."""
         worker = call.worker
         if not call.ended:
             phase = call.phase
