@@ -4,30 +4,49 @@ The pool runs in an event loop on a private thread (an anyio blocking portal); e
 is a blocking call into that loop. The workers are spawned from the portal's thread, which
 lives exactly as long as the ``with`` block, so the workers' parent-death signal fires if
 the whole process dies and not before.
+
+Once the block has ended the portal is gone, so anything still holding the facade (a
+``map`` generator not finished, another thread) gets :class:`~poolkit.PoolClosed`, the
+error the async pool raises for a call after close, and never anyio's "portal is not
+running".
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._config import PoolConfig
+from ._errors import PoolClosed
+from ._map import MapIterator
 from ._pool import Pool, PoolStatistics
 from ._transport import Launcher
 
 __all__ = ["SyncPool"]
+
+_BACKENDS = ("asyncio", "trio")
+_T = TypeVar("_T")
 
 
 class SyncPool:
     """``with SyncPool(config) as pool: pool.call("math:factorial", 10)``.
 
     Same arguments as :class:`Pool`, plus ``backend`` ("asyncio" or "trio") for the private
-    event loop. Methods may be called from any thread.
+    event loop. Methods may be called from any thread. Before the ``with`` block, calls raise
+    RuntimeError (nothing runs yet); after it, :class:`~poolkit.PoolClosed`, as the async
+    pool raises after close.
+
+    Sessions go by key: ``pool.call(target, ..., session="user-42")`` runs on that session's
+    worker, in order, in the mode ``config.sessions.mode`` says, and :meth:`end_session`
+    ends it (the worker drops its state at once instead of at the TTL). There is no blocking
+    counterpart of the async ``pool.session()`` handle: a key does its job here, in the
+    pool's configured mode.
     """
 
     def __init__(
@@ -39,10 +58,15 @@ class SyncPool:
         launcher: Launcher | None = None,
         **overrides: Any,
     ) -> None:
+        # Checked here, not on enter: anyio only finds out when it starts the loop thread,
+        # far from the line that chose the backend.
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}; got {backend!r}")
         self._pool = Pool(config, launcher=launcher, **overrides)
         self._backend = backend
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None
+        self._ended = False  # the with block has been left: calls now raise PoolClosed
 
     @property
     def pool(self) -> Pool:
@@ -55,32 +79,70 @@ class SyncPool:
             self._portal = stack.enter_context(start_blocking_portal(self._backend))
             stack.enter_context(self._portal.wrap_async_context_manager(self._pool))
         except BaseException:
+            self._portal = None
             stack.close()
             raise
         self._stack = stack
+        self._ended = False
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         stack, self._stack = self._stack, None
+        self._ended = True
         try:
             if stack is not None:
                 stack.__exit__(exc_type, exc, tb)
         finally:
             self._portal = None
 
+    def _closed(self) -> PoolClosed:
+        return PoolClosed(self._pool.name, detail="its 'with SyncPool(...)' block has ended")
+
     def _require_portal(self) -> BlockingPortal:
-        if self._portal is None or self._stack is None:
+        portal = self._portal
+        if portal is None or self._stack is None:
+            if self._ended:
+                raise self._closed()
             raise RuntimeError("SyncPool is not running: use it as 'with SyncPool(...) as pool:'")
-        return self._portal
+        return portal
+
+    def _run(self, portal: BlockingPortal, fn: Callable[[], Awaitable[_T]]) -> _T:
+        """``fn()`` in the loop, through ``portal``; PoolClosed if that portal's block has
+        ended or ends meanwhile (anyio then says RuntimeError, or cancels the call)."""
+        if self._portal is not portal:
+            raise self._closed()
+        try:
+            return portal.call(fn)
+        except (RuntimeError, concurrent.futures.CancelledError):
+            if self._stack is None or self._portal is not portal:
+                raise self._closed() from None
+            raise
 
     def call(
-        self, target: str | Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        target: str | Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        session: str | int | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """Blocking :meth:`Pool.call`."""
-        return self._require_portal().call(
-            functools.partial(self._pool.call, target, *args, timeout=timeout, **kwargs)
+        """Blocking :meth:`Pool.call` (``session``: a key, see the class docstring)."""
+        portal = self._require_portal()
+        return self._run(
+            portal,
+            functools.partial(
+                self._pool.call,
+                target,
+                *args,
+                timeout=timeout,
+                idempotent=idempotent,
+                session=session,
+                **kwargs,
+            ),
         )
 
     def map(
@@ -97,18 +159,51 @@ class SyncPool:
         results = self._pool.map(
             target, *iterables, concurrency=concurrency, timeout=timeout, chunksize=chunksize
         )
+        return self._iterate(portal, results)
+
+    def starmap(
+        self,
+        target: str | Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        /,
+        *,
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        chunksize: int | Literal["auto"] = "auto",
+    ) -> Generator[Any, None, None]:
+        """Blocking :meth:`Pool.starmap`: each item of ``iterable`` is the tuple of arguments."""
+        portal = self._require_portal()
+        results = self._pool.starmap(
+            target, iterable, concurrency=concurrency, timeout=timeout, chunksize=chunksize
+        )
+        return self._iterate(portal, results)
+
+    def _iterate(self, portal: BlockingPortal, results: MapIterator) -> Generator[Any, None, None]:
+        """Results of ``results`` one blocking step at a time. Left early (``break``,
+        ``close()``, garbage collection), it withdraws the calls not run yet, unless the
+        pool has closed since, which took care of them."""
         try:
             while True:
                 try:
-                    yield portal.call(results.__anext__)
+                    yield self._run(portal, results.__anext__)
                 except StopAsyncIteration:
                     return
         finally:
-            if self._portal is not None:
-                portal.call(results.aclose)
+            with contextlib.suppress(PoolClosed):
+                self._run(portal, results.aclose)
+
+    def end_session(self, key: str | int) -> None:
+        """Blocking :meth:`Pool.end_session`: end session ``key`` after its calls in hand."""
+        portal = self._require_portal()
+        self._run(portal, functools.partial(_end_session, self._pool, key))
 
     def statistics(self) -> PoolStatistics:
         return self._pool.statistics()
 
     def __repr__(self) -> str:
         return repr(self._pool).replace("<Pool", "<SyncPool", 1)
+
+
+async def _end_session(pool: Pool, key: str | int) -> None:
+    """In the loop thread, as every change to the pool's state must be."""
+    pool.end_session(key)

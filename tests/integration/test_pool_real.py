@@ -18,11 +18,12 @@ from poolkit import Pool, PoolConfig, SyncPool, WorkerSpec, WorkerState
 @pytest.mark.xdist_group("processes")
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sync_pool_calls_and_maps_from_plain_code(backend: Literal["asyncio", "trio"]) -> None:
-    """SyncPool serves blocking callers (call and map in order) from a private event loop
-    and leaves no worker behind when its block ends."""
+    """SyncPool serves blocking callers (call, map and starmap in order) from a private event
+    loop and leaves no worker behind when its block ends."""
     with SyncPool(PoolConfig(min_workers=2), backend=backend) as pool:
         assert pool.call(_faults.echo, "hi") == "hi"
         assert list(pool.map(pow, [2, 3, 4], [5, 2, 1])) == [32, 9, 4]
+        assert list(pool.starmap(pow, [(2, 5), (3, 2)])) == [32, 9]
         pids = [w.pid for w in pool.statistics().workers]
         assert "running" in repr(pool)
     assert pids and not any(p is not None and pid_alive(p) for p in pids)

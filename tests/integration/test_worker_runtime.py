@@ -334,6 +334,54 @@ def test_unresolvable_target(start: Callable[..., Worker], target: str, expected
     assert (err["type"], err["phase"]) == (expected_type, "resolving")
 
 
+REFUSED = "is not a callable target: names starting with '_' and the setup/teardown hooks are not"
+COLON_HINT = "did you mean 'math:factorial'? (targets are \"module:function\")"
+
+
+@pytest.mark.parametrize("name", ["setup", "teardown", "__class__", "__init__", "_private", "incr.__func__"])
+def test_handler_hooks_and_private_names_are_refused(
+    start: Callable[..., Worker], tmp_path: Path, name: str
+) -> None:
+    """The handler's setup/teardown hooks and names starting with "_" are not targets: an
+    AttributeError (as for an unknown method) with phase resolving, before anything runs
+    ("teardown" leaves no marker, "__class__" builds no second handler); the worker serves on."""
+    w = start(env=worker_env(**{_targets.MARKER_DIR_ENV: str(tmp_path)}), handler=f"{T}:Counter")
+    w.ready()
+    w.call(1, name)
+    err = w.error(1)
+    assert (err["type"], err["phase"]) == ("builtins.AttributeError", "resolving")
+    assert err["message"] == f"handler method {name!r} {REFUSED}"
+    w.call(2, "was_set_up")
+    assert w.result(2) is True
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("handler", "target", "expected_type", "hint"),
+    [
+        (None, "math.factorial", "builtins.LookupError", True),
+        (None, "incr", "builtins.LookupError", False),
+        (f"{T}:Counter", "math.factorial", "builtins.AttributeError", True),
+    ],
+)
+def test_dotted_target_hints_at_module_colon_function(
+    start: Callable[..., Worker], handler: str | None, target: str, expected_type: str, hint: bool
+) -> None:
+    """A target like "math.factorial" (a dot for the colon) reads as a handler method; when
+    that fails, with no handler or none with such an attribute, the message suggests
+    'math:factorial'."""
+    w = start(handler=handler)
+    w.ready()
+    w.call(1, target, 5)
+    err = w.error(1)
+    assert (err["type"], err["phase"]) == (expected_type, "resolving")
+    assert err["message"].endswith(COLON_HINT) is hint
+    if handler is None:
+        assert err["message"].startswith(
+            f"call target {target!r} names a handler method, but no handler is set"
+        )
+
+
 @pytest.mark.parametrize("codec", [Codec.PICKLE, Codec.JSON])
 def test_unencodable_result(start: Callable[..., Worker], codec: Codec) -> None:
     """A result the codec cannot encode (a lambda) is an ERROR with phase encoding."""

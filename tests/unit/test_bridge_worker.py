@@ -249,6 +249,48 @@ async def test_shutdown_closes_live_sessions() -> None:
     assert _runtime_targets.CLOSED == ["closed x last-registered", "closed x first-registered"]
 
 
+REFUSED = "is not a callable target: names starting with '_' and the setup/teardown hooks are not"
+COLON_HINT = "did you mean 'math:factorial'? (targets are \"module:function\")"
+
+
+async def error(parent: Parent, call_id: int) -> dict[str, Any]:
+    frame = await parent.recv()
+    assert (frame.kind, frame.call_id) == (FrameKind.ERROR, call_id), frame
+    body: dict[str, Any] = json.loads(frame.payload)
+    return body
+
+
+@pytest.mark.parametrize("name", ["setup", "teardown", "__class__", "__init__", "_private", "incr.__func__"])
+async def test_handler_hooks_and_private_names_are_refused(name: str) -> None:
+    """As in the runtime: the handler's setup/teardown hooks and names starting with "_" are
+    an AttributeError with phase resolving, and the worker serves on."""
+    async with fake_worker(handler="integration._targets:Counter") as parent:
+        await parent.send(call(1, name), call(2, "was_set_up"))
+        err = await error(parent, 1)
+        assert (err["type"], err["phase"]) == ("builtins.AttributeError", "resolving")
+        assert err["message"] == f"handler method {name!r} {REFUSED}"
+        assert await parent.result(2) is True
+
+
+@pytest.mark.parametrize(
+    ("handler", "target", "expected_type", "hint"),
+    [
+        (None, "math.factorial", "builtins.LookupError", True),
+        (None, "incr", "builtins.LookupError", False),
+        ("integration._targets:Counter", "math.factorial", "builtins.AttributeError", True),
+    ],
+)
+async def test_dotted_target_hints_at_module_colon_function(
+    handler: str | None, target: str, expected_type: str, hint: bool
+) -> None:
+    """As in the runtime: a dotted name that fails as a handler method suggests 'math:factorial'."""
+    async with fake_worker(handler=handler) as parent:
+        await parent.send(call(1, target, 5))
+        err = await error(parent, 1)
+        assert (err["type"], err["phase"]) == (expected_type, "resolving")
+        assert err["message"].endswith(COLON_HINT) is hint
+
+
 async def test_eof_during_a_call_finishes_it_and_starts_no_other() -> None:
     """EOF while a call runs (the parent closed its end): the running call finishes, the calls
     queued behind it never start, and the worker exits 0, as the real runtime does."""

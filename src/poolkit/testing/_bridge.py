@@ -47,7 +47,7 @@ from .. import _protocol as proto
 from .._map import RUN_CHUNK
 from .._transport import Connection
 from ..worker import Session
-from ..worker._runtime import FEATURES, _current_trace, _timing_block, _trace_context
+from ..worker._runtime import FEATURES, _current_trace, _timing_block, _trace_context, handler_method
 from ._context import FakeExit, freeze_hook, in_process
 
 __all__ = ["BridgeLauncher", "FakeExit"]
@@ -469,10 +469,8 @@ class _FakeWorker:
             return target
         if target == RUN_CHUNK:
             return self._run_chunk
-        if ":" not in target:
-            if self.handler is None:
-                raise LookupError(f"target {target!r} names a handler method, but no handler is configured")
-            return getattr(self.handler, target)
+        if ":" not in target:  # a handler method, refused and looked up as the runtime does
+            return handler_method(self.handler, target)
         fn = self.targets.get(target)
         if fn is None:
             fn = self.targets[target] = _resolve(target)

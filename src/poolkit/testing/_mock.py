@@ -35,6 +35,7 @@ from .._call import Call, CallStatus, describe_target
 from .._errors import FailureKind, WorkerStartupError
 from .._state import WorkerEvent
 from .._worker import Worker, WorkerOwner
+from ..worker._runtime import handler_method
 from ._context import FakeExit, freeze_hook, in_process
 
 if TYPE_CHECKING:
@@ -375,9 +376,7 @@ class MockWorker(Worker):
         if not isinstance(target, str):
             return target
         if ":" not in target:  # a method of the configured handler, as in the real runtime
-            if self._handler is None:
-                raise LookupError(f"target {target!r} names a handler method, but no handler is configured")
-            return getattr(self._handler, target)
+            return handler_method(self._handler, target)
         fn = self._targets.get(target)
         if fn is None:
             import importlib

@@ -85,6 +85,7 @@ __all__ = [
     "FEATURES",
     "Session",
     "TraceContext",
+    "handler_method",
     "main",
     "trace_context",
 ]
@@ -359,6 +360,50 @@ def _load(ref: str) -> Any:
     return obj
 
 
+_HOOKS = frozenset({"setup", "teardown"})
+
+
+def handler_method(handler: Any, target: str) -> Any:
+    """The handler attribute a bare target ``"name"`` (or ``"name.sub"``) names.
+
+    Only the handler's public methods are targets. A name starting with ``_`` would reach
+    its internals (``"__class__"`` builds a second handler, ``"__init__"`` resets this one)
+    and ``setup``/``teardown`` belong to the worker's lifecycle (run once, at start and at a
+    clean exit), so both are refused with the error an unknown method gives, AttributeError,
+    before any attribute is looked up. The testing layers resolve handler names here too, so
+    a fake worker refuses exactly what a real one does.
+
+    A dotted name that does not resolve is most often ``"pkg.mod.func"`` written for
+    ``"pkg.mod:func"``: the error says so (with no handler set, every bare name fails).
+    """
+    if handler is None:
+        hint = _colon_hint(target)
+        raise LookupError(f"call target {target!r} names a handler method, but no handler is set{hint}")
+    parts = target.split(".")
+    if parts[0] in _HOOKS or any(part.startswith("_") for part in parts):
+        raise AttributeError(
+            f"handler method {target!r} is not a callable target: names starting with '_' and the "
+            "setup/teardown hooks are not"
+        )
+    try:
+        fn = getattr(handler, parts[0])
+    except AttributeError as exc:
+        hint = _colon_hint(target)
+        if not hint:
+            raise
+        raise AttributeError(f"{exc}{hint}") from None
+    for name in parts[1:]:
+        fn = getattr(fn, name)
+    return fn
+
+
+def _colon_hint(target: str) -> str:
+    module, _, attr = target.rpartition(".")
+    if not module or not attr or ":" in target:
+        return ""
+    return f"; did you mean '{module}:{attr}'? (targets are \"module:function\")"
+
+
 def _describe(exc: BaseException) -> dict[str, Any]:
     """The JSON body of ERROR and STARTUP_FAILED: qualified type, message, traceback."""
     import traceback  # ~5 ms of imports that a worker whose calls never fail never pays
@@ -631,17 +676,11 @@ class _Worker:
             ch.send(encode_frame(FrameKind.RESULT, call_id, _timing_block(timing) + data, codec, FLAG_TIMING))
 
     def resolve(self, target: str) -> Any:
-        """``"pkg.mod:attr.sub"`` imports; a bare ``"name"`` is a handler method. Cached."""
+        """``"pkg.mod:attr.sub"`` imports; a bare ``"name"`` is a handler method (refused as
+        :func:`handler_method` says). Cached."""
         fn = self.targets.get(target)
         if fn is None:
-            if ":" in target:
-                fn = _load(target)
-            elif self.handler is None:
-                raise LookupError(f"call target {target!r} names a handler method, but no handler is set")
-            else:
-                fn = self.handler
-                for name in target.split("."):
-                    fn = getattr(fn, name)
+            fn = _load(target) if ":" in target else handler_method(self.handler, target)
             self.targets[target] = fn
         return fn
 
