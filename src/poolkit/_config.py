@@ -238,17 +238,25 @@ class PoolConfig(BaseModel):
         "holds is expected (from each target's measured run time) to take less than this",
     )
 
-    startup_timeout: float = Field(default=60.0, gt=0)
-    kill_grace: float = Field(default=1.0, ge=0, description="SIGTERM to SIGKILL")
-    drain_timeout: float = Field(default=30.0, ge=0, description="closing waits this long for calls")
+    # Durations that bound a wait in closing or starting must be finite: an infinite one is
+    # a hang the caller asked for by accident (math.inf passes a `> 0` check).
+    startup_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    kill_grace: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="SIGTERM to SIGKILL")
+    drain_timeout: float = Field(
+        default=30.0, ge=0, allow_inf_nan=False, description="closing waits this long for calls"
+    )
     max_frame_size: int = Field(default=DEFAULT_MAX_FRAME_SIZE, ge=1024)
     max_startup_failures: int = Field(
         default=3, ge=1, description="consecutive startup failures before the pool fails"
     )
     heartbeat_interval: float | None = Field(
         default=5.0,
-        gt=0,
-        description="PING each worker this often; None turns heartbeats (and memory checks) off",
+        ge=0.05,
+        allow_inf_nan=False,
+        description="PING each worker this often; None turns heartbeats (and memory checks) off. "
+        "At least 0.05 s: faster costs the parent and every worker CPU for nothing, and a "
+        "worker's heartbeat thread (which wakes every interval/4) could not answer in time on "
+        "a loaded machine, so healthy workers would be killed as unresponsive",
     )
     heartbeat_misses: int = Field(
         default=2,

@@ -86,16 +86,19 @@ class PoolError(Exception):
 
 
 class PoolClosed(PoolError):
-    """The pool was closed (by your code) before or while this call was handled."""
+    """The pool was closed (by your code) before or while this call was handled, or was
+    never started (``state="not started"`` in the message)."""
 
     kind = FailureKind.POOL_CLOSED
 
-    def __init__(self, pool: str, *, phase: Phase = Phase.QUEUED, detail: str = "") -> None:
+    def __init__(
+        self, pool: str, *, phase: Phase = Phase.QUEUED, detail: str = "", state: str = "closed"
+    ) -> None:
         self.pool = pool
         self.phase = phase
         self.detail = detail
         extra = f": {detail}" if detail else ""
-        super().__init__(f"pool {pool!r} is closed (call {phase.value}){extra}")
+        super().__init__(f"pool {pool!r} is {state} (call {phase.value}){extra}")
 
 
 class QueueFull(PoolError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -204,8 +205,25 @@ class MapIterator:
 
     async def aclose(self) -> None:
         """Withdraw what has not run; let running calls finish unobserved."""
+        self._close()
+
+    def _close(self) -> None:
         self._source = None
         self._ready.clear()
         self._failure = None
         while self._pending:
             self._pool._withdraw(self._pending.popleft()[0])
+
+    def __del__(self) -> None:
+        """A plain ``async for ... in pool.map(...)`` left by ``break`` (or an exception in its
+        body) never calls :meth:`aclose`: Python has no hook for that. But the loop held the
+        only reference, so CPython finalizes the iterator right there, in the event loop's
+        thread, and its calls are withdrawn as ``async with`` would. Without this, up to
+        ``concurrency`` calls stayed queued and ran for nobody, and the next call waited
+        behind them. Elsewhere (a collector run in another thread) the pool's state is not
+        ours to touch: the calls then run to their end unobserved."""
+        try:
+            if self._pending and threading.get_ident() == self._pool._thread:
+                self._close()
+        except Exception:  # a finalizer must not raise (say, at interpreter shutdown)
+            pass

@@ -32,6 +32,7 @@ import heapq
 import itertools
 import math
 import random
+import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal, Self, cast
@@ -184,10 +185,18 @@ class Pool:
     ) -> None:
         if config is None:
             config = PoolConfig(**overrides)
+        elif not isinstance(config, PoolConfig):
+            raise TypeError(
+                f"config must be a PoolConfig, not {type(config).__name__} "
+                "(or pass its fields as keywords: Pool(min_workers=2))"
+            )
         elif overrides:
-            config = PoolConfig.model_validate({**config.model_dump(), **overrides})
+            # Only the fields the caller set: a full dump would mark every field as set and
+            # change what defaults derive from (pipeline_limit keys on pipeline_depth being set).
+            config = PoolConfig.model_validate({**config.model_dump(exclude_unset=True), **overrides})
         self.config = config
         self.name = config.name or f"pool{next(_pool_ids)}"
+        self._thread: int | None = None  # the thread of the event loop that started it
         self._own_launcher = launcher is None  # a launcher the pool made, the pool closes
         # Each target's measured run time, shared by the workers' adaptive windows.
         self.call_costs: dict[str, float] = {}
@@ -289,7 +298,13 @@ class Pool:
         Raises PoolFailed (its ``cause`` is the last WorkerStartupError, with the worker's
         traceback) if workers keep failing to start; nothing is left running in that case.
         """
+        state = self._fsm.state
+        if state is not PoolState.CREATED:
+            if state is PoolState.STARTING or state is PoolState.RUNNING:
+                raise RuntimeError(f"pool {self.name!r} is already started (enter it, or start it, once)")
+            raise PoolClosed(self.name, state=state.value, detail="a pool runs once: create a new Pool")
         self._fsm.fire(PoolEvent.START)
+        self._thread = threading.get_ident()
         self._event, self._now = _native.current()
         if self._own_clock and type(self.clock) is SystemClock:  # not replaced since
             self.clock = SystemClock(self._now)
@@ -331,9 +346,12 @@ class Pool:
         then workers are asked to exit, and killed if they do not within ``kill_grace``.
         Leaves no process behind. Safe to call twice, and from any task inside the pool's
         ``async with`` block (the block's exit then finishes the bookkeeping)."""
-        await self._close(drain=drain)
-        if not self._in_context:  # started with start(): this call owns the task group
-            await self._exit_task_group()
+        try:
+            await self._close(drain=drain)
+        finally:  # even if the drain was cancelled: a task group left open corrupts the
+            # caller's cancel scopes (the workers are stopped by then: _close's finally)
+            if not self._in_context:  # started with start(): this call owns the task group
+                await self._exit_task_group()
 
     async def _close(self, *, drain: bool) -> None:
         if self._fsm.state is PoolState.CLOSED:
@@ -363,15 +381,18 @@ class Pool:
         finally:
             # Whatever happened to the drain (timeout, cancellation), the rest always runs:
             # nothing may be left running once aclose() returns or is cancelled.
-            with anyio.CancelScope(shield=True):
-                await self._stop_workers()
-                close_launcher = getattr(self._launcher, "aclose", None)  # the zygote's, say
-                if close_launcher is not None and self._own_launcher:
-                    await close_launcher()
-            if self._housekeeper_scope is not None:
-                self._housekeeper_scope.cancel()
-            self._fsm.fire(PoolEvent.CLOSED)
-            self._notify_changed()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._stop_workers()
+                    close_launcher = getattr(self._launcher, "aclose", None)  # the zygote's, say
+                    if close_launcher is not None and self._own_launcher:
+                        await close_launcher()
+            finally:  # a pool that stopped its workers, or failed to, is closed: never DRAINING
+                # for good (a later aclose() would wait for CLOSED forever)
+                if self._housekeeper_scope is not None:
+                    self._housekeeper_scope.cancel()
+                self._fsm.fire(PoolEvent.CLOSED)
+                self._notify_changed()
             with anyio.CancelScope(shield=True):
                 # Callers whose calls the close just failed are runnable: let them settle (and
                 # emit their CallFailed) before the stream's last event says the pool stopped.
@@ -531,8 +552,9 @@ class Pool:
         inputs travel in chunks) are admitted at a time, so an endless iterable is fine. The
         first failing item raises its error and ends the iteration. Leaving early
         (``break``) is cheap: queued calls are withdrawn and running ones finish in their
-        worker with their results discarded. Use ``async with pool.map(...) as results:`` to
-        close it promptly on early exit.
+        worker with their results discarded. A plain ``async for`` does that when it drops
+        the iterator (CPython: at the ``break``); ``async with pool.map(...) as results:``
+        says so explicitly and also covers an iterator kept in a variable.
 
         ``chunksize``: inputs per call. ``"auto"`` (default) starts with one and, once the
         workers' reported run times show an item takes well under 2 ms, sends as many per
@@ -618,8 +640,10 @@ class Pool:
             raise PayloadTooLarge(len(payload), limit, phase=Phase.QUEUED, target=name)
         if timeout is None:
             timeout = self.config.default_timeout
-        elif timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        elif type(timeout) is not float or not timeout > 0:  # rare: ints, bools, NaN, junk
+            timeout = _checked_timeout(timeout)
+        if idempotent is not False and idempotent is not True:  # "no" would be truthy: a retry
+            raise TypeError(f"idempotent must be True or False, not {idempotent!r}")
         deadline = self._now() + timeout if timeout is not None else None
         call = Call(
             name,
@@ -718,8 +742,23 @@ class Pool:
     def _check_open(self) -> None:
         if self._failure is not None and self._fsm.state is PoolState.FAILED:
             raise self._failure
-        if not self._fsm.state.accepts_calls:
-            raise PoolClosed(self.name, detail=f"pool is {self._fsm.state.value}")
+        state = self._fsm.state
+        if not state.accepts_calls:
+            if state is PoolState.CREATED:
+                raise PoolClosed(
+                    self.name,
+                    state="not started",
+                    detail="use 'async with Pool(...) as pool:' or 'await pool.start()' first",
+                )
+            raise PoolClosed(self.name, detail=f"pool is {state.value}")
+        if threading.get_ident() != self._thread:
+            # Another thread, so another event loop: the pool's state belongs to the loop
+            # that started it (on trio a call from elsewhere wedged a worker until its
+            # heartbeat killed it; on asyncio it raced the loop unnoticed).
+            raise RuntimeError(
+                f"pool {self.name!r} belongs to the event loop (thread) that started it; "
+                "from another thread use anyio.from_thread, or a SyncPool"
+            )
 
     async def _admit(self, call: Call) -> None:
         """Put ``call`` in the queue, waiting for room (under its deadline) or rejecting.
@@ -1211,7 +1250,7 @@ class Pool:
                         queue_wait=now - call.queued_at,
                     )
                 )
-        if moved:
+        if moved or self._room_waiters:  # room may come from a worker, not the queue (max_queue=0)
             self._notify_room()
         if queue:
             self._maybe_scale_up()
@@ -1647,7 +1686,7 @@ class Pool:
             if self._idle_due == math.inf and len(self._workers) > self.config.min_workers:
                 self._idle_due = now + self.config.idle_timeout
                 self._wake_at(self._idle_due)
-        if self._queue:
+        if self._queue or self._room_waiters:
             self._dispatch()
         if self._changed is not None:
             self._notify_changed()
@@ -1971,6 +2010,17 @@ class Pool:
             f"<Pool {self.name!r} {s.state.value} | calls: {s.queued} queued, {s.in_flight} in flight, "
             f"{s.completed} ok, {s.failed + s.timed_out} failed | workers: {workers}>"
         )
+
+
+def _checked_timeout(timeout: object) -> float:
+    """A call's ``timeout`` as seconds, or a clear error: a number > 0 (``math.inf`` is no
+    deadline). NaN would pass a ``<= 0`` check and then fail deep in the event loop, after the
+    call was sent (killing its worker), and a bool is a mistake, not one second."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout > 0:  # also NaN
+        raise ValueError(f"timeout must be > 0, got {timeout!r}")
+    return float(timeout)
 
 
 def _unresponsive(worker: Worker, silent: float, interval: float) -> Callable[[Call], PoolError]:

@@ -405,18 +405,25 @@ class Worker:
                 self.kill("pool closed during spawn")
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._stderr_loop)
-                tg.start_soon(self._writer_loop)
-                decoder = proto.FrameDecoder(self._max_frame)
-                startup_error = await self._handshake(decoder)
-                if startup_error is None:
-                    set_receiver = getattr(self._conn, "set_receiver", None)
-                    if set_receiver is not None and self.tap is None:
-                        self._decoder = decoder
-                        set_receiver(self._deliver)
-                    await self._reader_loop(decoder)
-                await self._reap()
-                tg.cancel_scope.cancel()
+                try:
+                    tg.start_soon(self._stderr_loop)
+                    tg.start_soon(self._writer_loop)
+                    decoder = proto.FrameDecoder(self._max_frame)
+                    startup_error = await self._handshake(decoder)
+                    if startup_error is None:
+                        set_receiver = getattr(self._conn, "set_receiver", None)
+                        if set_receiver is not None and self.tap is None:
+                            self._decoder = decoder
+                            set_receiver(self._deliver)
+                        await self._reader_loop(decoder)
+                    await self._reap()
+                    tg.cancel_scope.cancel()
+                finally:
+                    # From here the group only winds down, and may refuse new tasks before
+                    # this task runs again (trio closes a nursery once its tasks end, while
+                    # its parent is only scheduled): kill() must not start its escalation
+                    # in it. None is needed: _finish SIGKILLs whatever is still alive.
+                    self._tg = None
         except Exception as exc:  # a bug in poolkit: report it as a crash, never hang the pool
             self._log.exception("worker supervisor failed", error=repr(exc))
             detail = f"supervisor error: {exc!r}"

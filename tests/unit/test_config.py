@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pydantic
@@ -32,6 +33,15 @@ from poolkit.testing._bridge import BridgeLauncher
         pytest.param({"max_frame_size": 1023}, "max_frame_size", id="max_frame_size<1024"),
         pytest.param({"max_startup_failures": 0}, "max_startup_failures", id="max_startup_failures=0"),
         pytest.param({"kill_grace": -0.5}, "kill_grace", id="kill_grace<0"),
+        # Infinite or NaN durations that bound a wait on close or start: a hang by accident.
+        pytest.param({"kill_grace": math.inf}, "kill_grace", id="kill_grace=inf"),
+        pytest.param({"drain_timeout": math.inf}, "drain_timeout", id="drain_timeout=inf"),
+        pytest.param({"drain_timeout": math.nan}, "drain_timeout", id="drain_timeout=nan"),
+        pytest.param({"startup_timeout": math.inf}, "startup_timeout", id="startup_timeout=inf"),
+        pytest.param({"heartbeat_interval": math.inf}, "heartbeat_interval", id="heartbeat=inf"),
+        # Faster heartbeats burn CPU and kill healthy workers as unresponsive.
+        pytest.param({"heartbeat_interval": 0.001}, "heartbeat_interval", id="heartbeat<0.05"),
+        pytest.param({"default_timeout": math.nan}, "default_timeout", id="default_timeout=nan"),
         pytest.param({"worker": {"handler": "no_colon"}}, "handler", id="handler-without-colon"),
         pytest.param({"worker": {"handler": "pkg.mod:1bad"}}, "handler", id="handler-bad-attr"),
         pytest.param({"worker": {"preload": ["not a module"]}}, "preload", id="preload"),
@@ -95,3 +105,23 @@ def test_pool_overrides_revalidate_the_config() -> None:
         Pool(base, nonsense=True, launcher=BridgeLauncher())
     pool = Pool(base, max_workers=3, launcher=BridgeLauncher())
     assert (pool.config.min_workers, pool.config.worker_limit) == (2, 3)
+
+
+def test_overrides_keep_the_defaults_derived_from_unset_fields() -> None:
+    """Pool(config, name=...) must not turn every field of ``config`` into an explicitly set
+    one: the pipeline limit (32 unless pipeline_depth was set) dropped to 2 that way."""
+    config = PoolConfig(min_workers=2)
+    assert (
+        Pool(config, launcher=BridgeLauncher(), name="x").config.pipeline_limit == config.pipeline_limit == 32
+    )
+    deep = PoolConfig(min_workers=2, pipeline_depth=3)
+    assert Pool(deep, launcher=BridgeLauncher(), name="y").config.pipeline_limit == 3
+    assert Pool(config, launcher=BridgeLauncher(), pipeline_depth=4).config.pipeline_limit == 4
+
+
+@pytest.mark.parametrize("config", [{"min_workers": 2}, 2], ids=["dict", "int"])
+def test_config_of_the_wrong_type_is_a_type_error(config: Any) -> None:
+    """Pool(...) takes a PoolConfig or keywords; anything else says so (it failed with
+    "'dict' object has no attribute 'name'")."""
+    with pytest.raises(TypeError, match="config must be a PoolConfig, not"):
+        Pool(config)

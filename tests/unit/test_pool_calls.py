@@ -12,7 +12,17 @@ import anyio
 import pytest
 
 from _util import scaled, wait_until
-from poolkit import Pool, PoolState, PoolStatistics, RemoteError, SyncPool, WorkerInfo, WorkerState
+from poolkit import (
+    Pool,
+    PoolClosed,
+    PoolState,
+    PoolStatistics,
+    RemoteError,
+    SyncPool,
+    WorkerInfo,
+    WorkerState,
+)
+from poolkit.testing import pool_for
 from poolkit.testing._bridge import BridgeLauncher
 from unit._targets import (
     GATES,
@@ -65,16 +75,31 @@ async def test_call_passes_keyword_arguments() -> None:
 
 
 async def test_call_rejects_bad_target_and_timeout_before_sending() -> None:
-    """A target that is neither a string nor a callable, or a timeout <= 0, fails in the caller."""
+    """A target that is neither a string nor a callable, a timeout that is not a number > 0, or
+    an idempotent flag that is not a bool, fails in the caller: nothing is sent."""
     with anyio.fail_after(scaled(10)):
         async with make_pool() as pool:
             with pytest.raises(TypeError, match="target must be a string or a callable"):
                 await pool.call(42)  # type: ignore[arg-type]
             with pytest.raises(ValueError, match="timeout must be > 0"):
                 await pool.call(add, 1, 2, timeout=0)
+            # NaN passed a "<= 0" check, was sent, then failed in the event loop and killed
+            # the worker; a bool or a string is a mistake, not a duration.
+            with pytest.raises(ValueError, match="timeout must be > 0, got nan"):
+                await pool.call(add, 1, 2, timeout=math.nan)
+            for junk in (True, "1"):
+                with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+                    await pool.call(add, 1, 2, timeout=junk)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="idempotent must be True or False"):
+                await pool.call(add, 1, 2, idempotent="no")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="timeout must be > 0"):
+                async for _ in pool.map(add, [1], [2], timeout=-1.0):
+                    pass
+            assert await pool.call(add, 1, 2, timeout=math.inf) == 3  # no deadline
+            assert await pool.call(add, 1, 2, timeout=int(scaled(10))) == 3  # an int is fine
             stats = pool.statistics()
-            assert stats.workers[0].calls_completed == 0
-            assert stats.completed == 0
+            assert stats.workers[0].calls_completed == 2
+            assert stats.completed == 2
 
 
 async def test_remote_exception_becomes_remote_error_and_worker_survives() -> None:
@@ -108,6 +133,52 @@ async def test_handler_methods_keep_state_and_teardown_runs_on_close() -> None:
             assert len(Counter.instances) == 1
             assert Counter.torn_down == []
         assert Counter.torn_down == [3]
+
+
+REFUSED = "is not a callable target: names starting with '_' and the setup/teardown hooks are not"
+
+
+@pytest.mark.parametrize("layer", ["mock", "bridge"])
+@pytest.mark.parametrize("name", ["setup", "teardown", "__class__", "_private", "incr.__self__"])
+async def test_private_names_and_lifecycle_hooks_are_not_handler_targets(layer: str, name: str) -> None:
+    """A handler's setup/teardown hooks and any name starting with "_" are refused (an
+    AttributeError, as for an unknown method) before anything runs: "__class__" used to build
+    a second handler, "teardown" to tear the live one down. The handler serves on untouched.
+    Both in-process layers refuse exactly what the real runtime does."""
+    with anyio.fail_after(scaled(10)):
+        async with pool_for(layer, min_workers=1, worker={"handler": TARGET + "Counter"}) as pool:
+            with pytest.raises(RemoteError) as info:
+                await pool.call(name)
+            assert info.value.remote_type == "builtins.AttributeError"
+            assert info.value.remote_message == f"handler method {name!r} {REFUSED}"
+            assert await pool.call("incr") == 1
+            assert len(Counter.instances) == 1
+            assert Counter.torn_down == []
+
+
+@pytest.mark.parametrize("layer", ["mock", "bridge"])
+async def test_dotted_target_hints_at_the_module_colon_function_form(layer: str) -> None:
+    """A target like "math.factorial" (a dot for the colon) reads as a handler method: the error
+    suggests 'math:factorial', with no handler set (LookupError) or with one that has no such
+    attribute (AttributeError). A bare name with no dot gets no hint."""
+    hint = "did you mean 'math:factorial'? (targets are \"module:function\")"
+    with anyio.fail_after(scaled(10)):
+        async with pool_for(layer, min_workers=1) as pool:
+            with pytest.raises(RemoteError) as info:
+                await pool.call("math.factorial", 5)
+            assert info.value.remote_type == "builtins.LookupError"
+            assert info.value.remote_message == (
+                f"call target 'math.factorial' names a handler method, but no handler is set; {hint}"
+            )
+            with pytest.raises(RemoteError) as info:
+                await pool.call("incr")
+            assert info.value.remote_type == "builtins.LookupError"
+            assert "did you mean" not in info.value.remote_message
+        async with pool_for(layer, min_workers=1, worker={"handler": TARGET + "Counter"}) as pool:
+            with pytest.raises(RemoteError) as info:
+                await pool.call("math.factorial", 5)
+            assert info.value.remote_type == "builtins.AttributeError"
+            assert info.value.remote_message.endswith(hint)
 
 
 # ---- map / starmap -------------------------------------------------------------------------------
@@ -206,6 +277,39 @@ async def test_map_early_break_withdraws_queued_calls() -> None:
             assert GATES["m2"].runs == 0
             assert GATES["m3"].runs == 0
             assert pool.statistics().completed == 2  # m0 and the add; m1's result was dropped
+
+
+@pytest.mark.parametrize("how", ["break", "raise"])
+async def test_plain_async_for_left_early_withdraws_queued_calls(how: str) -> None:
+    """``async for v in pool.map(...): break`` with no ``async with``: the iterator is dropped
+    at the break, and its queued calls are withdrawn then (they stayed queued and ran for
+    nobody, and the next call waited behind all of them). An exception out of the loop's
+    body does the same."""
+    keys = [f"p{i}" for i in range(6)]
+    with anyio.fail_after(scaled(10)):
+        async with make_pool(pipeline_depth=1) as pool:
+            for key in keys:
+                new_gate(key)
+
+            async def release_first() -> None:
+                await GATES["p0"].entered.wait()
+                GATES["p0"].release.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(release_first)
+                try:
+                    async for value in pool.map(wait_for, keys, keys, concurrency=6, chunksize=1):
+                        assert value == "p0"
+                        if how == "break":
+                            break
+                        raise KeyError(value)
+                except KeyError:
+                    assert how == "raise"
+            assert pool.statistics().queued == 0  # withdrawn at once, nothing to wait for
+            await GATES["p1"].entered.wait()  # sent when p0 returned: runs on, unobserved
+            GATES["p1"].release.set()
+            assert await pool.call(add, 1, 2) == 3
+            assert [GATES[k].runs for k in keys[2:]] == [0, 0, 0, 0]
 
 
 async def test_map_stops_at_the_first_failure_and_withdraws_the_rest() -> None:
@@ -312,3 +416,55 @@ def test_sync_pool_map_closed_after_the_pool_is_harmless() -> None:
         assert isinstance(results, Generator)  # typed as Iterator, which has no close()
         assert next(results) == 2
     results.close()
+
+
+def test_sync_pool_starmap() -> None:
+    """SyncPool.starmap mirrors Pool.starmap: each item is the argument tuple, results come in
+    input order, and the keywords (concurrency, timeout, chunksize) reach the async pool."""
+    with SyncPool(min_workers=1, launcher=BridgeLauncher()) as pool:
+        assert list(pool.starmap(add, [(1, 2), (3, 4), (5, 6)])) == [3, 7, 11]
+        pairs = ([i, 10 * i] for i in range(7))  # any iterable of iterables, consumed lazily
+        chunked = pool.starmap(add, pairs, concurrency=1, timeout=scaled(10), chunksize=3)
+        assert list(chunked) == [11 * i for i in range(7)]
+        with pytest.raises(ValueError, match="chunksize"):
+            pool.starmap(add, [(1, 2)], chunksize=0)  # checked at the call, as Pool.starmap does
+
+
+def test_sync_pool_after_its_block_raises_pool_closed() -> None:
+    """After the ``with`` block, a map or starmap generator continued, a new call and a new
+    map raise PoolClosed (what the async pool raises after close), not anyio's "This portal is
+    not running"; a SyncPool never entered still says RuntimeError."""
+    with SyncPool(min_workers=1, launcher=BridgeLauncher()) as pool:
+        mapped = pool.map(add, [1, 2, 3], [1, 1, 1])
+        starmapped = pool.starmap(add, [(1, 1), (2, 2)])
+        assert next(mapped) == 2
+        assert next(starmapped) == 2
+    for results in (mapped, starmapped):
+        with pytest.raises(PoolClosed, match="'with SyncPool"):
+            next(results)
+    with pytest.raises(PoolClosed):
+        pool.call(add, 1, 2)
+    with pytest.raises(PoolClosed):
+        pool.map(add, [1], [2])
+    with pytest.raises(PoolClosed):
+        pool.end_session("k")
+
+
+def test_sync_pool_refuses_an_unknown_backend_at_construction() -> None:
+    """An unsupported backend is a ValueError naming the supported ones when the SyncPool is
+    built, not a LookupError from anyio on enter."""
+    with pytest.raises(ValueError, match=r"backend must be one of asyncio, trio; got 'curio'"):
+        SyncPool(min_workers=1, backend="curio", launcher=BridgeLauncher())  # type: ignore[arg-type]
+
+
+def test_sync_pool_sessions_by_key() -> None:
+    """A session is a key passed as ``session=``: its calls share the worker's state for it,
+    and SyncPool.end_session drops that state, so the key's next call starts afresh."""
+    remember = "poolkit.testing.targets:remember"
+    with SyncPool(min_workers=1, launcher=BridgeLauncher()) as pool:
+        assert pool.call(remember, "a", session="k") == ["a"]
+        assert pool.call(remember, "b", session="k") == ["a", "b"]
+        assert pool.call(remember, "x", session=7) == ["x"]
+        pool.end_session("k")
+        assert pool.call(remember, "c", session="k") == ["c"]
+        assert pool.call(remember, "y", session=7) == ["x", "y"]

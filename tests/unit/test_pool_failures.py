@@ -495,6 +495,31 @@ async def test_full_queue_with_wait_policy_waits_for_room() -> None:
             assert RUNS == {"queued": 1, "waiting": 1}
 
 
+@pytest.mark.parametrize("waiters", [1, 3], ids=["one-waiting", "three-waiting"])
+async def test_no_queue_at_all_runs_waiting_calls_as_workers_free_up(waiters: int) -> None:
+    """max_queue=0: no call waits in the queue, so a worker finishing a call is the only thing
+    that makes room. The callers waiting for room must be woken by it (they waited forever:
+    nothing moved in the empty queue, so nothing woke them)."""
+    with anyio.fail_after(scaled(10)):
+        async with make_pool(pipeline_depth=1, max_queue=0, queue_policy="wait") as pool:
+            gate = new_gate("busy")
+            busy = Outcome()
+            waiting = [Outcome() for _ in range(waiters)]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(busy.capture, pool.call, wait_for, "busy", "b")
+                await gate.entered.wait()
+                for i, outcome in enumerate(waiting):
+                    tg.start_soon(outcome.capture, pool.call, record, f"w{i}")
+                await anyio.wait_all_tasks_blocked()
+                assert not any(o.ended.is_set() for o in waiting)
+                assert pool.statistics().queued == 0
+                gate.release.set()
+            assert busy.value == "b"
+            assert [o.value for o in waiting] == [f"w{i}" for i in range(waiters)]
+            async for value in pool.map(echo, range(5)):  # a map too (it admits the same way)
+                assert value in range(5)
+
+
 async def test_deadline_covers_the_wait_for_queue_room() -> None:
     """A call waiting for queue room past its deadline raises CallTimeout (phase QUEUED) and never
     runs."""

@@ -229,14 +229,97 @@ async def test_error_in_the_pool_block_closes_without_draining() -> None:
 
 
 async def test_pool_that_never_started_refuses_calls() -> None:
-    """A pool that was never started, or closed without starting, raises PoolClosed on calls."""
+    """A pool that was never started, or closed without starting, raises PoolClosed on calls;
+    the first says it is not started and how to start it."""
     pool = Pool(launcher=BridgeLauncher(), min_workers=1)
-    with pytest.raises(PoolClosed, match="created"):
+    with pytest.raises(PoolClosed, match=r"is not started .*'async with Pool\(\.\.\.\) as pool:'"):
         await pool.call(add, 1, 2)
     await pool.aclose()
     assert pool.state is PoolState.CLOSED
     with pytest.raises(PoolClosed):
         await pool.call(add, 1, 2)
+
+
+async def test_a_pool_starts_once() -> None:
+    """Entering or starting a pool a second time, or after it closed, says what is wrong
+    (it raised IllegalTransition, "always a bug in poolkit")."""
+    with anyio.fail_after(scaled(10)):
+        pool = Pool(launcher=BridgeLauncher(), min_workers=1)
+        async with pool:
+            with pytest.raises(RuntimeError, match="already started"):
+                await pool.start()
+            with pytest.raises(RuntimeError, match="already started"):
+                async with pool:
+                    pass
+            assert await pool.call(add, 1, 2) == 3
+        for again in (pool.start, pool.__aenter__):
+            with pytest.raises(PoolClosed, match=r"is closed .*a pool runs once: create a new Pool"):
+                await again()
+        assert pool.state is PoolState.CLOSED
+
+
+async def test_a_call_from_another_thread_is_refused_before_it_touches_the_pool() -> None:
+    """A pool belongs to the event loop that started it. A call from another thread's loop
+    is refused at once (on trio it wedged a worker until its heartbeat killed it)."""
+
+    def from_another_loop(backend: str) -> BaseException | None:
+        async def call() -> None:
+            await pool.call(add, 1, 2)
+
+        try:
+            anyio.run(call, backend=backend)
+        except BaseException as exc:
+            return exc
+        return None
+
+    with anyio.fail_after(scaled(10)):
+        async with Pool(launcher=BridgeLauncher(), min_workers=1) as pool:
+            for backend in ("asyncio", "trio"):
+                error = await anyio.to_thread.run_sync(from_another_loop, backend)
+                assert isinstance(error, RuntimeError)
+                assert "belongs to the event loop (thread) that started it" in str(error)
+            assert await pool.call(add, 1, 2) == 3
+            assert pool.statistics().completed == 1
+
+
+async def test_cancelled_aclose_still_stops_everything_and_exits_the_task_group() -> None:
+    """aclose() cut short by an outer timeout while it drains: the workers are stopped, the
+    pool is CLOSED, and its task group is exited in the task that entered it (it was left
+    open, and the caller's cancel scopes then failed: "Attempted to exit a cancel scope that
+    isn't the current task's current cancel scope" on asyncio, TrioInternalError on trio)."""
+    launcher = BridgeLauncher()
+    gate = new_gate("held")
+    with anyio.fail_after(scaled(10)):
+        with anyio.move_on_after(scaled(0.5)) as outer:
+            async with anyio.create_task_group() as tg:
+                pool = Pool(launcher=launcher, min_workers=1)
+                await pool.start()
+                tg.start_soon(pool.call, wait_for, "held", "h")
+                await gate.entered.wait()
+                await pool.aclose()  # drains until the outer deadline cancels it
+        assert outer.cancelled_caught
+        assert pool.state is PoolState.CLOSED
+        assert all_exited(launcher)
+        async with Pool(launcher=BridgeLauncher(), min_workers=1) as again:  # scopes still sane
+            assert await again.call(add, 1, 2) == 3
+
+
+async def test_close_cut_short_while_its_workers_wind_down_ends_closed() -> None:
+    """The pool's block left by an outer timeout while it drains: the close runs shielded and
+    ends CLOSED, and a later aclose() returns (on trio a worker's task group could refuse the
+    kill's escalation task in that window, the close raised, and the pool stayed DRAINING:
+    a later aclose() waited forever)."""
+    for _ in range(5):
+        launcher = BridgeLauncher()
+        gate = new_gate("held")
+        with anyio.fail_after(scaled(10)):
+            with anyio.move_on_after(scaled(0.3)):
+                async with anyio.create_task_group() as tg, Pool(launcher=launcher, min_workers=1) as pool:
+                    tg.start_soon(pool.call, wait_for, "held", "h")
+                    await gate.entered.wait()
+            await pool.aclose()
+            assert pool.state is PoolState.CLOSED
+            assert all_exited(launcher)
 
 
 async def test_config_and_overrides_are_merged() -> None:

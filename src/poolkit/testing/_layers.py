@@ -51,13 +51,15 @@ def pool_for(
     Keyword arguments are :class:`~poolkit.PoolConfig` fields.
     """
     layer = Layer(layer)
-    fields: dict[str, Any] = config.model_dump() if config is not None else {}
+    # exclude_unset: fields the caller left alone keep deriving their defaults (a full dump
+    # would mark them all as set: pipeline_limit keys on pipeline_depth being set).
+    fields: dict[str, Any] = config.model_dump(exclude_unset=True) if config is not None else {}
     fields.update(overrides)
     fields.setdefault("name", unique_name(f"{layer.value}"))
     if tag is not None:
         worker = fields.get("worker") or {}
         if isinstance(worker, WorkerSpec):
-            worker = worker.model_dump()
+            worker = worker.model_dump(exclude_unset=True)
         worker = dict(worker)
         worker["env"] = {**worker.get("env", {}), TAG_ENV: tag}
         fields["worker"] = worker
