@@ -32,6 +32,7 @@ import heapq
 import itertools
 import math
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -298,6 +299,13 @@ class Pool:
         Raises PoolFailed (its ``cause`` is the last WorkerStartupError, with the worker's
         traceback) if workers keep failing to start; nothing is left running in that case.
         """
+        runtime = sys.modules.get("poolkit.worker._runtime")
+        if runtime is not None and getattr(runtime, "loading_parent_main", False):
+            raise RuntimeError(
+                "a pool was started while a poolkit worker imported your script to find a "
+                "function in it: start the pool under 'if __name__ == \"__main__\":' (workers "
+                "import the script, as multiprocessing's spawn does, and must not start pools)"
+            )
         state = self._fsm.state
         if state is not PoolState.CREATED:
             if state is PoolState.STARTING or state is PoolState.RUNNING:

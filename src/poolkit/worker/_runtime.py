@@ -792,6 +792,12 @@ class _Worker:
             writer.flush_partial()
 
 
+#: True while this worker imports the parent's script (``_adopt_parent_main``). A script
+#: that starts its pool at import time, not under ``if __name__ == "__main__":``, would
+#: start a pool inside every worker: ``Pool.start`` checks this and says so instead.
+loading_parent_main = False
+
+
 def _adopt_parent_main(spec: dict[str, Any]) -> None:
     """Let pickled references to the parent's ``__main__`` resolve here, as multiprocessing's
     spawn does: functions defined in the user's script are pickled as ``__main__.name``.
@@ -821,7 +827,12 @@ def _adopt_parent_main(spec: dict[str, Any]) -> None:
             module = importlib.util.module_from_spec(found)
             module.__name__ = "__mp_main__"
             sys.modules["__mp_main__"] = sys.modules["__main__"] = module
-            found.loader.exec_module(module)
+            global loading_parent_main
+            loading_parent_main = True  # a Pool started now is the script's own (Pool.start)
+            try:
+                found.loader.exec_module(module)
+            finally:
+                loading_parent_main = False
             return getattr(module, attr)
 
     sys.modules["__main__"] = _ParentMain("__main__")
