@@ -183,7 +183,12 @@ class MapIterator:
                 if not self._pending:
                     raise StopAsyncIteration
                 call, items = self._pending[0]
-                value = await pool._result(call)
+                try:
+                    value = await pool._result(call)
+                except RemoteError as exc:
+                    if items:
+                        _explain_chunk_failure(exc, call, items)
+                    raise
                 self._pending.popleft()
                 if self._auto:
                     self._learn(call, items)
@@ -227,3 +232,17 @@ class MapIterator:
                 self._close()
         except Exception:  # a finalizer must not raise (say, at interpreter shutdown)
             pass
+
+
+def _explain_chunk_failure(exc: RemoteError, call: Call, items: int) -> None:
+    """A fixed ``chunksize`` sends chunks to every worker, and a worker that is not poolkit's
+    runtime (no ``map_chunks`` feature: a ``command=`` worker, the JSON example) fails them
+    with "unknown target ...run_chunk", which does not say what to change. Say it."""
+    worker = call.worker
+    features = worker.handshake.get("features", ()) if worker is not None else ()
+    if "map_chunks" not in features and "run_chunk" in str(exc):
+        exc.add_note(
+            f"this map sent {items} items per call (chunksize) to {RUN_CHUNK!r}, which this "
+            "worker does not run (its READY does not announce the 'map_chunks' feature): "
+            "use chunksize=1, or chunksize='auto', which only chunks for workers that can"
+        )

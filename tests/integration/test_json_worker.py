@@ -36,6 +36,19 @@ async def test_standalone_worker_serves_calls_through_the_pool() -> None:
             assert info.value.worker_id is not None
 
 
+async def test_fixed_chunks_to_a_worker_without_map_chunks_say_what_to_change() -> None:
+    """``chunksize=N`` sends poolkit's chunk target to every worker; this one does not run it
+    (no ``map_chunks`` feature), and the error says to use chunksize=1 or "auto" (which never
+    chunks for such workers, so the default map works)."""
+    async with Pool(_config(min_workers=1)) as pool:
+        with anyio.fail_after(scaled(20)):
+            with pytest.raises(RemoteError) as info:
+                async for _ in pool.map("math:mul", [2, 3, 4], [5, 6, 7], chunksize=2):
+                    pass
+            assert any("'map_chunks' feature" in note for note in info.value.__notes__)
+            assert [v async for v in pool.map("math:mul", [2, 3], [5, 6])] == [10, 18]
+
+
 async def test_json_codec_refuses_callables_before_sending() -> None:
     """With the JSON codec, a callable target cannot be named on the wire: SerializationError."""
     async with Pool(_config(min_workers=1)) as pool:
