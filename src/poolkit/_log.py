@@ -18,6 +18,7 @@ silent unless the application asks for it.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -55,6 +56,7 @@ class Logger:
                 wrapper_class=structlog.stdlib.BoundLogger,
                 processors=[
                     structlog.stdlib.filter_by_level,
+                    _fields_for_last_resort,
                     structlog.processors.TimeStamper(fmt="iso"),
                     structlog.stdlib.render_to_log_kwargs,
                 ],
@@ -78,6 +80,20 @@ class Logger:
 
     def log(self, level: int, event: str, **kw: Any) -> None:
         self._route().log(level, event, **kw)
+
+
+def _fields_for_last_resort(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """With no handler configured anywhere, Python's last-resort handler prints the message
+    alone: "pool state changed", without the pool, the states or the reason. Then the
+    fields go into the message itself; an application that added a handler gets them as
+    record attributes, as before."""
+    if isinstance(logger, logging.Logger) and not logger.hasHandlers():
+        fields = " ".join(f"{key}={value!r}" for key, value in event_dict.items() if key != "event")
+        if fields:
+            event_dict["event"] = f"{event_dict.get('event')}: {fields}"
+    return event_dict
 
 
 def get_logger(name: str = "poolkit", **initial: Any) -> Logger:

@@ -1204,3 +1204,29 @@ async def test_a_breaker_opening_warns_through_stdlib_logging(
         ("poolkit.pool", logging.WARNING, "circuit breaker changed")
     }
     assert {r.__dict__["to_state"] for r in warnings} == {"open"}
+
+
+def test_a_warning_with_no_logging_configured_carries_its_fields_in_the_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With no handler anywhere, Python's last-resort handler prints the message alone: a bare
+    "pool state changed". The fields then go into the message; with a handler they stay
+    record attributes (the message is the event)."""
+    from poolkit._log import get_logger
+
+    name = "poolkit.test_last_resort"
+    std = logging.getLogger(name)
+    std.propagate = False  # pytest's capture handlers sit on the root logger
+    try:
+        get_logger(name, pool="p1").warning("pool state changed", to_state="failed")
+        assert capsys.readouterr().err.strip() == "pool state changed: pool='p1' to_state='failed'"
+        seen: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = seen.append  # type: ignore[method-assign]
+        std.addHandler(handler)
+        get_logger(name, pool="p1").warning("pool state changed", to_state="failed")
+        assert [r.getMessage() for r in seen] == ["pool state changed"]
+        assert seen[0].pool == "p1"  # type: ignore[attr-defined]
+    finally:
+        std.propagate = True
+        std.handlers.clear()
