@@ -254,6 +254,8 @@ class WorkerCrashed(CallError):
         else:
             how = _describe_exit(exit_code) if exit_code is not None else "exit status unknown"
         hint = _CAUSE_HINTS.get(self.cause)
+        if hint and "SIGKILL" in how:  # "killed by SIGKILL": do not say SIGKILL twice
+            hint = hint.removeprefix("SIGKILL, ")
         msg = f"worker process died ({how}{': ' + hint if hint else ''})"
         if stderr_tail:
             msg += "; last stderr: " + stderr_tail.strip().splitlines()[-1][:300]

@@ -527,7 +527,7 @@ def test_crash_cause(exit_code: int | None, signum: int | None, cause: str) -> N
     [
         (None, 11, "segfault", "killed by SIGSEGV: a segmentation fault"),
         (None, 6, "abort", "killed by SIGABRT: aborted"),
-        (None, 9, "killed", "killed by SIGKILL: SIGKILL, from the kernel's out-of-memory killer"),
+        (None, 9, "killed", "killed by SIGKILL: from the kernel's out-of-memory killer"),
         (137, None, "killed", "exit code 137: SIGKILL"),
         (139, None, "segfault", "exit code 139: a segmentation fault"),
         (1, None, "exit", "worker process died (exit code 1)"),
