@@ -1221,9 +1221,12 @@ def test_a_warning_with_no_logging_configured_carries_its_fields_in_the_message(
         get_logger(name, pool="p1").warning("pool state changed", to_state="failed")
         assert capsys.readouterr().err.strip() == "pool state changed: pool='p1' to_state='failed'"
         seen: list[logging.LogRecord] = []
-        handler = logging.Handler()
-        handler.emit = seen.append  # type: ignore[method-assign]
-        std.addHandler(handler)
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record)
+
+        std.addHandler(Keep())
         get_logger(name, pool="p1").warning("pool state changed", to_state="failed")
         assert [r.getMessage() for r in seen] == ["pool state changed"]
         assert seen[0].pool == "p1"  # type: ignore[attr-defined]
