@@ -320,7 +320,8 @@ class Worker:
             return
         if "session_end" not in self.handshake.get("features", ()):
             return  # a worker that does not announce SESSION_END (docs/protocol.md 4.1) may reject it
-        payload = json.dumps({"key": key}).encode()
+        # The JSON codec's compact UTF-8, as for every other JSON body (docs/protocol.md 4.10).
+        payload = proto.encode_payload({"key": key}, proto.Codec.JSON)
         self._put(proto.encode_frame(proto.FrameKind.SESSION_END, 0, payload))
 
     def drain(self) -> None:
@@ -478,7 +479,8 @@ class Worker:
                         self._on_log(frame)
                         continue
                     if frame.kind is proto.FrameKind.READY:
-                        self.handshake = self._json(frame.payload) or {}
+                        info = self._json(frame.payload)
+                        self.handshake = info if isinstance(info, dict) else {}
                         self.extensions = _extensions(self.handshake)
                         self._adaptive = bool(self._timed & self.extensions)
                         if self.handshake.get("protocol") != proto.PROTOCOL_VERSION:
@@ -488,6 +490,19 @@ class Worker:
                                 pid=self.pid,
                                 reason=f"worker speaks protocol {self.handshake.get('protocol')!r}, "
                                 f"pool speaks {proto.PROTOCOL_VERSION}",
+                            )
+                        echoed = self.handshake.get("worker_id")
+                        if echoed != self.id:
+                            # It did not read this worker's spec (a wrapper that dropped or
+                            # replaced the argument, a worker with a fixed id), so nothing it
+                            # read there (max_frame_size, heartbeat_interval) can be trusted.
+                            self.kill("worker_id mismatch")
+                            return WorkerStartupError(
+                                self.id,
+                                pid=self.pid,
+                                reason=f"its READY names worker_id {echoed!r}, not {self.id!r}: a worker "
+                                "must echo the worker_id of its spec (docs/protocol.md 4.1)",
+                                stderr_tail=self.stderr_tail,
                             )
                         if self.fsm.can(WorkerEvent.HANDSHAKE):  # not if the pool stopped it meanwhile
                             self.last_heard = self._now()
@@ -698,12 +713,18 @@ class Worker:
             "pid": self.pid,
             "target": call.target_name,
         }
-        rtype = str(info.get("type", "Exception"))
-        message = str(info.get("message", ""))
-        tb = str(info.get("traceback", ""))
+        # Only the object itself is required; absent (or null) members take the defaults of
+        # docs/protocol.md 4.5, so a terse worker's error still reaches its caller.
+        rtype = _text(info, "type", "Exception")
+        message = _text(info, "message", "")
+        tb = _text(info, "traceback", "")
         if rtype == "poolkit.PayloadTooLarge":
+            size, limit = info.get("size"), info.get("limit")
             return PayloadTooLarge(
-                int(info.get("size", 0)), int(info.get("limit", self._max_frame)), what="result", **kw
+                size if type(size) is int else 0,
+                limit if type(limit) is int else self._max_frame,
+                what="result",
+                **kw,
             )
         if info.get("phase") in ("decoding", "encoding"):
             return SerializationError(f"{rtype}: {message}", side="worker", remote_traceback=tb, **kw)
@@ -831,6 +852,12 @@ class Worker:
                 call.worker = None
                 requeue.append(call)
         self._owner.worker_exited(self, requeue, startup_error)
+
+
+def _text(info: dict[str, Any], member: str, default: str) -> str:
+    """Member ``member`` of a worker's JSON object as text; ``default`` if absent or null."""
+    value = info.get(member)
+    return default if value is None else str(value)
 
 
 def _extensions(handshake: dict[str, Any]) -> int:

@@ -268,18 +268,33 @@ PING_7_HEX = "50 4b 01 0a 00 00 00 00 00 00 00 00 00 07 00 00 00 00 60 be a2 4c"
 CALL_1_HEADER_HEX = "50 4b 01 03 00 00 00 00 00 00 00 00 00 01 00 00 00 15 34 85 9f 00"
 CALL_1_PAYLOAD_HEX = "5b 22 6d 61 74 68 3a 61 64 64 22 2c 5b 31 2c 32 5d 2c 7b 7d 5d"
 RESULT_1_HEX = "50 4b 01 04 00 00 00 00 00 00 00 00 00 01 00 00 00 01 fd 18 19 75 33"
+SESSION_END_A_HEADER_HEX = "50 4b 01 0c 00 00 00 00 00 00 00 00 00 00 00 00 00 0b 3b 3b 71 4b"
+SESSION_END_A_PAYLOAD_HEX = "7b 22 6b 65 79 22 3a 22 61 22 7d"
 
 
 def test_worked_examples_in_the_spec_are_what_the_reference_encodes() -> None:
-    """The hex dumps in docs/protocol.md section 9 are byte for byte what encode_frame produces."""
+    """The hex dumps in docs/protocol.md section 9 (9.1 to 9.3) are byte for byte what
+    encode_frame and encode_payload produce. (9.4: tests/unit/test_docs_telemetry.py; that the
+    pool sends 9.3's SESSION_END: tests/unit/test_protocol_contract.py.)"""
     call = encode_frame(FrameKind.CALL, 1, encode_payload(["math:add", [1, 2], {}], Codec.JSON))
     result = encode_frame(FrameKind.RESULT, 1, encode_payload(3, Codec.JSON))
+    session_end = encode_frame(FrameKind.SESSION_END, 0, encode_payload({"key": "a"}, Codec.JSON))
     assert encode_frame(FrameKind.PING, 7).hex(" ") == PING_7_HEX
     assert call.hex(" ") == f"{CALL_1_HEADER_HEX} {CALL_1_PAYLOAD_HEX}"
     assert result.hex(" ") == RESULT_1_HEX
+    assert session_end.hex(" ") == f"{SESSION_END_A_HEADER_HEX} {SESSION_END_A_PAYLOAD_HEX}"
     spec = SPEC.read_text(encoding="utf-8")
-    for dump in (PING_7_HEX, CALL_1_HEADER_HEX, CALL_1_PAYLOAD_HEX, RESULT_1_HEX):
+    dumps = (
+        PING_7_HEX,
+        CALL_1_HEADER_HEX,
+        CALL_1_PAYLOAD_HEX,
+        RESULT_1_HEX,
+        SESSION_END_A_HEADER_HEX,
+        SESSION_END_A_PAYLOAD_HEX,
+    )
+    for dump in dumps:
         assert dump in spec
+    assert '`{"key":"a"}`' in spec  # the payload as text, as 9.3 shows it
     assert zlib.crc32(b"123456789") == 0xCBF43926  # the check value the spec gives implementers
 
 
