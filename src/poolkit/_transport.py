@@ -69,12 +69,63 @@ class Launcher(Protocol):
         ...
 
 
+# ---- process groups ---------------------------------------------------------------------------
+#
+# Every worker leads a process group of its own: the exec launcher starts it in a new session
+# (``start_new_session``: setsid() before the exec, so the group's id is the worker's pid, and a
+# session leader can never leave its group), and a zygote-forked worker calls setsid() itself.
+# Whatever the worker starts (a shell wrapper's real worker, a target's subprocess) is in that
+# group unless it leaves on purpose. So the pool signals the group, not the pid, and SIGKILLs
+# what is left of the group once the worker has exited: no grandchild outlives its worker.
+#
+# Why a group id is safe to signal (pid reuse). Linux keeps a number allocated while any
+# process uses it as its pid, process group id or session id. So the number ``pid`` names the
+# worker's own group (or no group) as long as the worker is unreaped, and the connections
+# signal the group only while they have seen no exit status; and it still names that group
+# after the worker is reaped as long as any member lives, which covers every straggler the
+# sweep is for. Only an EMPTY group's number is free again. A signal sent after that could
+# reach a stranger only if the stranger was given that very number and made itself a group
+# leader in the instant between the reap and the pool's signal (asyncio's child watcher
+# reaps in its thread a moment before the loop hears; the sweep runs as the exit is heard):
+# pids are allocated cyclically, so the whole pid space (32768 pids by the kernel's
+# default, 4194304 as systemd sets it) would have to be used up within that instant.
+# ``Popen.send_signal`` has the same window for a single pid. A group that does not exist (a
+# zygote's child that has not called setsid() yet) raises ProcessLookupError, and the pid
+# alone is signalled instead.
+
+
+def signal_group(pid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to the process group ``pid`` leads. False if there is no such group (or it
+    cannot be signalled): the caller signals the pid alone. See the comment above."""
+    killpg = getattr(os, "killpg", None)
+    if killpg is None:  # pragma: no cover - no process groups (Windows)
+        return False
+    try:
+        killpg(pid, sig)
+    except OSError:  # ESRCH: no such group; EPERM: none of its members is ours to signal
+        return False
+    return True
+
+
+def kill_stragglers(pid: int) -> None:
+    """SIGKILL what is left of the group the exited worker ``pid`` led: the processes it
+    started and did not wait for. Called once, as the pool learns of the exit (comment above:
+    the group's number stays reserved while any straggler lives)."""
+    signal_group(pid, signal.SIGKILL)
+
+
 class _Signals:
-    """``terminate``/``kill`` for a connection to a child process of ours: a no-op once the
-    process has been reaped (its pid may belong to another process by then), and a process
-    that is already gone is not an error. Subclasses say how to send (``_send_signal``)."""
+    """``terminate``/``kill`` for a connection to a child process of ours that leads its own
+    process group: the signal goes to the group (the worker and whatever it started), or to
+    the pid where there is no group. A no-op once the process has been reaped (its pid may
+    belong to another process by then), and a process that is already gone is not an error.
+    Subclasses say how to send to the pid alone (``_send_signal``)."""
 
     __slots__ = ()
+
+    @property
+    def pid(self) -> int | None:
+        raise NotImplementedError
 
     @property
     def returncode(self) -> int | None:
@@ -85,6 +136,9 @@ class _Signals:
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.returncode is not None:
+            return
+        pid = self.pid
+        if pid is not None and signal_group(pid, sig):
             return
         try:
             self._send_signal(sig)
@@ -102,10 +156,11 @@ class _ProcessConnection(_Signals):
     """A :class:`Connection` over an anyio Process's stdin/stdout/stderr pipes (trio; asyncio
     has :class:`_AsyncioConnection`)."""
 
-    __slots__ = ("_proc",)
+    __slots__ = ("_proc", "_swept")
 
     def __init__(self, proc: anyio.abc.Process) -> None:
         self._proc = proc
+        self._swept = False
 
     @property
     def pid(self) -> int | None:
@@ -113,7 +168,18 @@ class _ProcessConnection(_Signals):
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode
+        # trio polls (and reaps) here: this is one of the two places the exit is learnt.
+        code = self._proc.returncode
+        if code is not None:
+            self._exited()
+        return code
+
+    def _exited(self) -> None:
+        """The worker has been reaped: its stragglers go now, once (the ``kill_stragglers``
+        comment says why its group id is still safe to use)."""
+        if not self._swept:
+            self._swept = True
+            kill_stragglers(self._proc.pid)
 
     async def send(self, data: bytes) -> None:
         assert self._proc.stdin is not None
@@ -137,7 +203,9 @@ class _ProcessConnection(_Signals):
             return b""
 
     async def wait(self) -> int:
-        return await self._proc.wait()
+        code = await self._proc.wait()
+        self._exited()
+        return code
 
     def _send_signal(self, sig: signal.Signals) -> None:
         self._proc.send_signal(sig)
@@ -159,6 +227,12 @@ class SubprocessLauncher:
     the parent only, which then closes the pool in order, and a test harness can find and
     kill exactly the workers it started. ``POOLKIT_PARENT_PID`` in the spec lets the worker
     close the parent-death race (see the worker runtime).
+
+    The session makes the worker the leader of a process group holding everything it starts
+    (a shell wrapper's real worker, a target's subprocesses): the connection's terminate and
+    kill signal that whole group, and once the worker has exited, whatever is left of the
+    group is SIGKILLed, so no grandchild outlives its worker. A process that must outlive it
+    has to leave the group (``start_new_session=True``, ``os.setsid()``).
     """
 
     async def launch(
@@ -273,6 +347,7 @@ class _PipeProtocol:
         self.paused = False
         self.drained: Any = None
         self.transport: Any = None
+        self.on_exit: Any = None  # () -> None, called once when the process's exit is known
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -299,6 +374,9 @@ class _PipeProtocol:
     def process_exited(self) -> None:
         if not self.exited.done():
             self.exited.set_result(None)
+            on_exit, self.on_exit = self.on_exit, None
+            if on_exit is not None:
+                on_exit()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         for fd in (1, 2):
@@ -349,6 +427,13 @@ class _AsyncioConnection(_Signals):
         self._transport = transport
         self._proto = protocol
         self._stdin = transport.get_pipe_transport(0)
+        pid = transport.get_pid()
+        # asyncio's child watcher reaps the worker, then the loop calls process_exited: the
+        # stragglers go then, whether or not anyone waits (group ids: see kill_stragglers).
+        if protocol.exited.done():  # it exited, and the protocol heard, before we got here
+            kill_stragglers(pid)
+        else:
+            protocol.on_exit = lambda: kill_stragglers(pid)
 
     @property
     def pid(self) -> int | None:

@@ -13,8 +13,10 @@ over the control socket (SCM_RIGHTS) with the worker's JSON spec, and are closed
 so the pipes behave exactly as ``subprocess`` pipes do (EOF when the worker and every process
 that inherited its fds are gone). The zygote answers with the new pid; it is the worker's
 parent, so it reaps it and reports its exit status, which :meth:`_ZygoteConnection.wait`
-returns (negative for a signal, as ``Popen.returncode``). Signals go to the pid directly
-(through a pidfd on Linux, so a pid reused after the exit is never signalled).
+returns (negative for a signal, as ``Popen.returncode``). Signals go to the worker's process
+group (it called setsid(), so the group holds whatever it started), while a pidfd on Linux says
+the worker has not been reaped; to the pid alone before the child's setsid(). The zygote
+SIGKILLs a worker's group just before reaping it, so no straggler outlives its worker.
 
 No reader task: the control socket is read by whichever task needs a message (a launch
 waiting for its pid, a ``wait()`` waiting for an exit), one at a time; the others wait for
@@ -44,7 +46,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._transport import _asyncio_loop, _PipeProtocol
+from ._transport import _asyncio_loop, _PipeProtocol, kill_stragglers, signal_group
 
 __all__ = ["ZygoteLauncher"]
 
@@ -72,9 +74,17 @@ class _Child:
                 self.pidfd = pidfd_open(pid)
 
     def signal(self, sig: signal.Signals) -> None:
+        """Signal the worker's process group (it called setsid(): the group holds whatever it
+        started), or the worker alone while it has none yet (just forked). Nothing once it is
+        known to be reaped: the pidfd says so even before the zygote's exit message arrives,
+        and the zygote SIGKILLed the group before reaping it (``poolkit.worker._zygote``)."""
         if self.returncode is not None:
             return
         try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, 0)  # ESRCH once reaped: do not touch its group
+            if signal_group(self.pid, sig):  # safe while unreaped: see poolkit._transport
+                return
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, sig)
             else:
@@ -271,6 +281,10 @@ class _Zygote:
         self.gone = why
         for child in list(self.children.values()):
             child.signal(signal.SIGKILL)
+            # A dead zygote sweeps no group: a worker its death signal killed (and init reaped,
+            # so signal() above skipped it) may have left stragglers, which still hold the
+            # group's id (poolkit._transport says why signalling it is safe).
+            kill_stragglers(child.pid)
             child.exited(-signal.SIGKILL)
         self.children.clear()
         for rid, answer in list(self.spawns.items()):

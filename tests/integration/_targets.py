@@ -136,6 +136,38 @@ def child_process_output(text: str) -> int:
     return subprocess.run([sys.executable, "-c", code], check=True).returncode
 
 
+# A grandchild that only SIGKILL ends: it ignores SIGTERM (so the pool's SIGTERM to the worker's
+# group is not enough: the group must also be swept after the worker's exit), says it is set
+# up, and sleeps far longer than any test.
+_GRANDCHILD = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(600)"
+)
+_GRANDCHILDREN: list[subprocess.Popen[bytes]] = []  # never waited for, on purpose; kept from __del__
+
+
+def start_grandchild() -> int:
+    """Start a process the worker never waits for (``_GRANDCHILD``) and return its pid once it
+    ignores SIGTERM. It stays in the worker's process group, as a careless target's would."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GRANDCHILD], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    _GRANDCHILDREN.append(proc)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    return proc.pid
+
+
+def grandchild_then_block(path: str, seconds: float) -> None:
+    """Start a grandchild (:func:`start_grandchild`), write its pid to ``path`` (atomically),
+    then block for ``seconds``: past the call's timeout, so the pool kills this worker."""
+    pid = start_grandchild()
+    Path(path + ".tmp").write_text(str(pid))
+    os.replace(path + ".tmp", path)
+    time.sleep(seconds)
+
+
 def sleepy(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

@@ -32,6 +32,8 @@ Rules this module keeps, and why:
 * **Children die with the zygote.** The runtime in the child sets its own PR_SET_PDEATHSIG
   with the zygote as its parent (spec ``parent_pid`` is rewritten to the zygote's pid), and
   EOF on its stdin ends an idle one, exactly as for an exec'd worker.
+* **Nothing a child started outlives it.** Each child leads its own process group (setsid);
+  the zygote SIGKILLs that group just before reaping the child, and on the way out.
 * **A child is set up exactly like an exec'd worker:** a new session (``setsid``, as the
   exec launcher's ``start_new_session``), default SIGCHLD handling, no wake-up fd, no control
   socket, its three pipes on fds 0/1/2, then the runtime's ``main``; its exit runs the normal
@@ -99,6 +101,16 @@ def _threads() -> int:
     except OSError:
         threading = sys.modules.get("threading")
         return threading.active_count() if threading is not None else 1
+
+
+def _kill_group(pid: int) -> bool:
+    """SIGKILL the process group of child ``pid`` (it called setsid(), see become_worker);
+    False if there is no such group (the child has not called it yet)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -214,24 +226,42 @@ class _Zygote:
         return spec
 
     def reap(self) -> None:
+        """Reap the children that exited and report them. A worker's process group (whatever
+        it started and left running) is SIGKILLed first, while the exited worker is still a
+        zombie: an unreaped zombie keeps its pid, and so the group's id, from being reused,
+        so only that group can be hit. Without waitid(WNOWAIT) the group goes right after the
+        reap, as in the pool (``poolkit._transport`` says why that is safe too)."""
+        waitid = getattr(os, "waitid", None)
         while self.children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                if waitid is not None:
+                    info = waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    if info is None:
+                        return
+                    if info.si_pid in self.children:
+                        _kill_group(info.si_pid)
+                    pid, status = os.waitpid(info.si_pid, 0)  # a zombie: does not block
+                else:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                    if pid == 0:
+                        return
+                    if pid in self.children:
+                        _kill_group(pid)
             except ChildProcessError:
                 self.children.clear()
-                return
-            if pid == 0:
                 return
             self.children.discard(pid)
             self.send({"op": "exit", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
 
     def shutdown(self) -> None:
-        """The pool is gone (or closed us): no child may outlive it."""
+        """The pool is gone (or closed us): no child, nor anything a child started, may outlive
+        it. The children are unreaped, so their pids still name their own groups."""
         for pid in self.children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            if not _kill_group(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)  # forked, but not yet in a group of its own
+                except OSError:
+                    pass
 
 
 def main(argv: list[str] | None = None) -> int:
