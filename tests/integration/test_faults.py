@@ -6,7 +6,9 @@ Each test runs on the layers where its fault means something (``poolkit_layers``
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -17,6 +19,8 @@ from poolkit import _protocol as proto
 from poolkit.testing import (
     ByzantineMode,
     CrashMode,
+    FaultError,
+    FaultHandle,
     FaultInjector,
     FaultNotSupported,
     Layer,
@@ -26,7 +30,7 @@ from poolkit.testing import (
     targets,
     wait_until,
 )
-from poolkit.testing._faults import proc_state, vm_rss
+from poolkit.testing._faults import WorkerRef, proc_state, vm_rss
 
 pytestmark = pytest.mark.anyio
 
@@ -204,22 +208,25 @@ async def test_corrupt_flip(poolkit_pool_factory: PoolFactory) -> None:
 
 @pytest.mark.poolkit_layers("bridge", "subprocess")
 async def test_corrupt_truncate(poolkit_pool_factory: PoolFactory) -> None:
-    """corrupt(mode="truncate") cuts the tail off the first RESULT frame; the next reply exposes
-    it: the first call fails with ProtocolError and the worker is replaced."""
-    async with poolkit_pool_factory(min_workers=1, pipeline_depth=2) as pool:
+    """corrupt(mode="truncate") cuts the tail off the RESULT frame and makes the header's length
+    say so, keeping the original checksum: the frame is complete but fails its checksum, so the
+    call fails with ProtocolError at once (no later bytes needed: heartbeats are off) and the
+    worker is replaced."""
+    async with poolkit_pool_factory(min_workers=1, heartbeat_interval=None) as pool:
         injector = FaultInjector(pool)
-        results: list[str] = []
         with anyio.fail_after(scaled(30)):
             async with injector.corrupt(mode="truncate", seed=5) as damage:
-                with pytest.raises(ProtocolError):
-                    # map() sends both calls before either can answer.
-                    async for value in pool.map(targets.echo, ["a", "b" * 256]):
-                        results.append(value)
-            assert results == []
+                with anyio.fail_after(scaled(5)), pytest.raises(ProtocolError):
+                    await pool.call(targets.echo, "b" * 256)
             (record,) = damage.records
             assert [f.kind for f in _frames(record.original)] == [proto.FrameKind.RESULT]
             assert proto.HEADER_SIZE <= len(record.delivered) < len(record.original)
-            assert record.original.startswith(record.delivered)
+            original = proto.HEADER.unpack_from(record.original)
+            delivered = proto.HEADER.unpack_from(record.delivered)
+            length, checksum = 5, 6
+            assert delivered[length] == len(record.delivered) - proto.HEADER_SIZE
+            assert delivered[checksum] == original[checksum]
+            assert record.original[proto.HEADER_SIZE :].startswith(record.delivered[proto.HEADER_SIZE :])
             await _replaced(pool, damage.worker_id)
 
 
@@ -249,6 +256,61 @@ async def test_byzantine_replies(poolkit_pool_factory: PoolFactory, mode: Byzant
                 assert results == []
                 assert len(original) == 2 and delivered == original[::-1]
             await _replaced(pool, liar.worker_id)
+
+
+_StreamFault = Callable[[FaultInjector, WorkerRef], contextlib.AbstractAsyncContextManager[FaultHandle]]
+_STREAM_FAULTS: dict[str, _StreamFault] = {
+    "corrupt:flip": lambda f, w: f.corrupt(w, mode="flip"),
+    "corrupt:truncate": lambda f, w: f.corrupt(w, mode="truncate"),
+    "byzantine:wrong_call_id": lambda f, w: f.byzantine(w, mode="wrong_call_id"),
+    "slow": lambda f, w: f.slow(w, latency=0.01, jitter=0.0),
+    "partition": lambda f, w: f.partition(w),
+}
+
+
+@pytest.mark.poolkit_layers("bridge", "subprocess")
+@pytest.mark.parametrize("fault", sorted(_STREAM_FAULTS))
+async def test_a_stream_fault_that_injects_nothing_raises(
+    poolkit_pool_factory: PoolFactory, poolkit_layer: Layer, fault: str
+) -> None:
+    """A stream fault on a worker that sends nothing while it is active (it is stuck in a call,
+    and the block's own call is served by the other worker) raises FaultError on exit naming
+    the worker, instead of letting the test pass with nothing injected."""
+    if fault == "partition" and poolkit_layer is Layer.SUBPROCESS:
+        pytest.skip("a real process is partitioned by SIGSTOP, which is checked when it is sent")
+    async with poolkit_pool_factory(min_workers=2, heartbeat_interval=None) as pool:
+        faults = FaultInjector(pool)
+        with anyio.fail_after(scaled(30)):
+            async with faults.hang() as stuck:
+                message = f"{fault} on worker {stuck.worker_id} injected nothing"
+                with pytest.raises(FaultError, match=message):
+                    async with _STREAM_FAULTS[fault](faults, stuck.worker_id) as handle:
+                        assert await pool.call(targets.echo, "x") == "x"
+                assert handle.records == []
+            await _replaced(pool, stuck.worker_id)
+
+
+@pytest.mark.poolkit_layers("bridge", "subprocess")
+async def test_default_stream_fault_target_is_the_next_calls_worker(
+    poolkit_pool_factory: PoolFactory,
+) -> None:
+    """With no worker named, a stream fault taps the worker the pool routes its next call to:
+    on a two-worker pool, whichever worker round-robin reaches, a call made inside corrupt()
+    fails with ProtocolError, and one made inside slow() is held."""
+    async with poolkit_pool_factory(min_workers=2, heartbeat_interval=None) as pool:
+        faults = FaultInjector(pool)
+        with anyio.fail_after(scaled(60)):
+            for i in range(3):
+                # Move the round-robin on, so the next call's worker is not always the first listed.
+                assert await pool.call(targets.echo, i) == i
+                async with faults.corrupt() as damage:
+                    with pytest.raises(ProtocolError) as info:
+                        await pool.call(targets.echo, "x")
+                assert info.value.worker_id == damage.worker_id
+                await _replaced(pool, damage.worker_id)
+                async with faults.slow(latency=0.01, jitter=0.0) as slow:
+                    assert await pool.call(targets.echo, "y") == "y"
+                assert {r.direction for r in slow.records} == {"sent", "received"}
 
 
 @pytest.mark.poolkit_layers("subprocess")
@@ -296,3 +358,15 @@ async def test_grow_memory_is_not_supported_in_process(poolkit_pool_factory: Poo
     async with poolkit_pool_factory(min_workers=1) as pool:
         with pytest.raises(FaultNotSupported, match="bridge layer"):
             await FaultInjector(pool).grow_memory(1)
+
+
+async def test_a_hung_worker_does_not_stop_the_others(poolkit_pool_factory: PoolFactory) -> None:
+    """docs/testing.md's example, verbatim: while one worker hangs, calls are served by the
+    other; afterwards ensure_pool_ready waits until the hung worker has left the pool."""
+    async with poolkit_pool_factory(min_workers=2) as pool:
+        faults = FaultInjector(pool)
+        with anyio.fail_after(scaled(30)):
+            async with faults.hang() as handle:
+                assert await pool.call(targets.echo, "served") == "served"
+            await ensure_pool_ready(pool)
+        assert handle.worker_id not in [w.id for w in pool.workers()]

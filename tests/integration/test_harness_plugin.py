@@ -84,3 +84,27 @@ def test_layers_are_chosen_per_run_and_per_test(pytester: pytest.Pytester) -> No
     some.assert_outcomes(passed=1, skipped=1)  # the marked test has no layer left in this run
     bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--poolkit-layers=quantum")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
+
+
+TYPO = """
+import pytest
+
+@pytest.mark.poolkit_layers("subproc")
+def test_misspelled(poolkit_layer):
+    pass
+"""
+
+
+def test_a_misspelled_layer_in_the_marker_is_a_clean_collection_error(pytester: pytest.Pytester) -> None:
+    """@pytest.mark.poolkit_layers with an unknown layer fails collection with a message naming
+    the test and the valid layers, not an enum traceback from inside the plugin."""
+    pytester.makepyfile(test_typo=TYPO)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error stops the run
+    result.stdout.fnmatch_lines(
+        [
+            "*test_misspelled: @pytest.mark.poolkit_layers got unknown layer(s) 'subproc'; "
+            "valid layers: mock, bridge, subprocess*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() and "is not a valid Layer" not in result.stdout.str()

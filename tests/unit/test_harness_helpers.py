@@ -1,4 +1,5 @@
-"""The harness's deterministic helpers: Sequencer, ManualClock, wait_until, unique names, LeakCheck."""
+"""The harness's deterministic helpers: Sequencer, ManualClock, wait_until, ensure_pool_ready,
+timeout_factor, unique names, LeakCheck."""
 
 from __future__ import annotations
 
@@ -9,16 +10,23 @@ import sys
 import anyio
 import pytest
 
-from poolkit import Pool
+from poolkit import Pool, PoolState
 from poolkit.testing import (
     TAG_ENV,
     BridgeLauncher,
+    FaultInjector,
+    Layer,
     LeakCheck,
     ManualClock,
+    MockScript,
+    PoolNotReady,
     Sequencer,
     WaitTimeout,
+    ensure_pool_ready,
     kill_tagged,
+    pool_for,
     tagged_processes,
+    timeout_factor,
     unique_name,
     wait_until,
 )
@@ -111,3 +119,55 @@ def _wait_for(predicate: object) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+@pytest.mark.anyio
+async def test_wait_until_refuses_an_async_predicate() -> None:
+    """An async predicate would make wait_until return at once (a coroutine is truthy): it is a
+    TypeError, whether the predicate is a coroutine function or returns an awaitable."""
+
+    async def ready() -> bool:
+        return False
+
+    with pytest.raises(TypeError, match="synchronous predicate"):
+        await wait_until(ready)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="synchronous predicate"):
+        await wait_until(lambda: ready())  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.anyio
+async def test_ensure_pool_ready_fails_fast_on_a_pool_that_cannot_be_ready() -> None:
+    """A pool never started, or already closed, cannot become ready: ensure_pool_ready says so
+    at once (PoolNotReady naming the reason) instead of waiting out its timeout."""
+    pool = Pool(min_workers=1, launcher=BridgeLauncher())
+    with anyio.fail_after(5), pytest.raises(PoolNotReady, match="never started") as info:
+        await ensure_pool_ready(pool, timeout=60)
+    assert info.value.state is PoolState.CREATED
+    async with pool:
+        await ensure_pool_ready(pool)
+    with anyio.fail_after(5), pytest.raises(PoolNotReady, match="closed"):
+        await ensure_pool_ready(pool, timeout=60)
+
+
+@pytest.mark.anyio
+async def test_ensure_pool_ready_fails_fast_when_the_pool_fails() -> None:
+    """A worker crashes and its replacements cannot start, so the pool fails while
+    ensure_pool_ready waits for the replacement: it reports the failure at once."""
+    script = MockScript()
+    with anyio.fail_after(10):
+        async with pool_for(Layer.MOCK, min_workers=1, script=script) as pool:
+            await ensure_pool_ready(pool)
+            script.startup_error = "no such module"  # read by each new mock worker
+            await FaultInjector(pool).crash()
+            with pytest.raises(PoolNotReady, match="failed") as info:
+                await ensure_pool_ready(pool, timeout=60)
+            assert info.value.state is PoolState.FAILED
+
+
+def test_timeout_factor_names_the_variable_when_it_is_not_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed POOLKIT_TIMEOUT_FACTOR fails with a message naming the variable."""
+    monkeypatch.setenv("POOLKIT_TIMEOUT_FACTOR", "abc")
+    with pytest.raises(ValueError, match="POOLKIT_TIMEOUT_FACTOR must be a number, got 'abc'"):
+        timeout_factor()
+    monkeypatch.setenv("POOLKIT_TIMEOUT_FACTOR", "2.5")
+    assert timeout_factor() == 2.5

@@ -233,14 +233,16 @@ class HistorySummary:
     not_admitted: int
     requeued: int  # calls requeued at least once (their worker died before they ran)
     retried: int  # calls retried at least once (CallRetried: an attempt failed, another was made)
-    retried_ok: int  # requeued or retried, then completed: succeeded through recovery
+    retried_ok: int  # of the ``retried`` calls, those that then completed
     other_calls: int  # calls seen in the events that no recorded caller made (fault injection)
+    requeued_ok: int = 0  # of the ``requeued`` calls, those that then completed
 
     def __str__(self) -> str:
         failed = ", ".join(f"{k}={v}" for k, v in sorted(self.failed.items())) or "none"
         return (
             f"{self.calls} calls: {self.ok} ok, failed: {failed}, not admitted {self.not_admitted}, "
-            f"requeued {self.requeued}, retried {self.retried} (then ok: {self.retried_ok}), "
+            f"requeued {self.requeued} (then ok: {self.requeued_ok}), "
+            f"retried {self.retried} (then ok: {self.retried_ok}), "
             f"other calls {self.other_calls}"
         )
 
@@ -429,17 +431,24 @@ class History:
                 failed[outcome.kind.value if outcome.kind else outcome.error_type] += 1
             if record.seq is None and record.outcomes:
                 not_admitted += 1
-        recovered = [t for t in self.trails.values() if t.requeued or t.retried]
-        retried_ok = sum(1 for t in recovered if any(isinstance(e, CallCompleted) for e in t.terminals))
+
+        def completed(trail: EventTrail) -> bool:
+            return any(isinstance(e, CallCompleted) for e in trail.terminals)
+
+        # Each count is over its own calls (a call both requeued and retried is in both), so
+        # "retried N (then ok: M)" always has M <= N.
+        requeued = [t for t in self.trails.values() if t.requeued]
+        retried = [t for t in self.trails.values() if t.retried]
         return HistorySummary(
             calls=len(self.records),
             ok=ok,
             failed=dict(failed),
             not_admitted=not_admitted,
-            requeued=sum(1 for t in self.trails.values() if t.requeued),
-            retried=sum(1 for t in self.trails.values() if t.retried),
-            retried_ok=retried_ok,
+            requeued=len(requeued),
+            retried=len(retried),
+            retried_ok=sum(1 for t in retried if completed(t)),
             other_calls=sum(1 for t in self.trails.values() if t.record is None),
+            requeued_ok=sum(1 for t in requeued if completed(t)),
         )
 
     @property
@@ -468,8 +477,8 @@ class RetryCheck(enum.Enum):
       deadline leaves room, except in a strict-mode session (its state went with the worker)
       and once the pool is closing or has failed.
 
-    A call that completed after a requeue or a retry counts as *succeeded through recovery*
-    (:attr:`HistorySummary.retried_ok`).
+    A call that completed after a requeue or a retry succeeded through recovery
+    (:attr:`HistorySummary.requeued_ok`, :attr:`HistorySummary.retried_ok`).
 
     * ``OFF``: no check.
     * ``SAFE``: a call (idempotent or not) that failed with a worker-fault kind in a phase
@@ -1005,13 +1014,34 @@ async def _pick_busy(pool: Pool, rng: random.Random) -> Any:
 async def _corrupt_one(history: History, pool: Pool, faults: FaultInjector, rng: random.Random) -> None:
     """Flip one bit of the next frame from a worker (a busy one if any); wait until it is replaced.
 
+    If the victim dies of something else first, the injector says so (FaultError: nothing was
+    injected) and another worker is picked, up to three times.
+    """
+    for _ in range(3):
+        await wait_until(lambda: bool(_serving(pool)), describe="a serving worker", pool=pool)
+        busy = [w for w in _serving(pool) if w.state is WorkerState.BUSY]
+        victim = rng.choice(busy or _serving(pool))
+        try:
+            await _corrupt_frame_from(history, pool, faults, rng, victim)
+        except FaultError as exc:
+            if not victim.state.is_terminal:
+                raise
+            history.fault(f"worker {victim.id} exited before a frame from it was corrupted: {exc}")
+            continue
+        await _wait_gone(pool, [victim.id], f"worker {victim.id} to be replaced after the corrupt frame")
+        return
+    history.expect(False, "three corruption victims in a row exited before a frame from them was corrupted")
+
+
+async def _corrupt_frame_from(
+    history: History, pool: Pool, faults: FaultInjector, rng: random.Random, victim: Any
+) -> None:
+    """Corrupt the next frame from ``victim``.
+
     The scenario's own load may have finished by now, so this step brings its own traffic:
     recorded echo calls with unique tokens keep coming until a frame from the victim has
     really been corrupted (a fault that waits for traffic that never comes injects nothing).
     """
-    await wait_until(lambda: bool(_serving(pool)), describe="a serving worker", pool=pool)
-    busy = [w for w in _serving(pool) if w.state is WorkerState.BUSY]
-    victim = rng.choice(busy or _serving(pool))
     async with faults.corrupt(victim, mode="flip", frames=1, seed=rng.getrandbits(32)) as handle:
         history.fault(f"corrupt the next frame from worker {victim.id}")
         with anyio.fail_after(scaled(30)):  # the bound: traffic reaches every worker well before
@@ -1028,7 +1058,6 @@ async def _corrupt_one(history: History, pool: Pool, faults: FaultInjector, rng:
                             describe=f"a frame from worker {victim.id} to be corrupted",
                             pool=pool,
                         )
-    await _wait_gone(pool, [victim.id], f"worker {victim.id} to be replaced after the corrupt frame")
 
 
 async def corrupt_messages(pool: Pool, *, seed: int, calls: int = 240, corruptions: int = 3) -> History:

@@ -3,6 +3,11 @@
 Layer-agnostic targets (``poolkit.testing.targets``) read :data:`in_process` to do the real
 thing in each place: SIGKILL themselves in a process, raise :class:`FakeExit` in-process;
 block the process in ``time.sleep``, or ``await`` an anyio sleep without blocking the loop.
+It is a ContextVar: test ``in_process.get()`` (the variable itself is always truthy).
+
+Real worker processes import this module (through your targets): it must stay standard
+library only, and ``poolkit.testing``'s lazy ``__init__`` keeps importing it from pulling in
+pytest or the rest of the harness.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from contextvars import ContextVar
 
 __all__ = ["FakeExit", "freeze_hook", "in_process"]
 
-#: True while a mock or bridge worker runs a target (set in that worker's task context).
+#: True while a mock or bridge worker runs a target (set in that worker's task context); read
+#: it with ``in_process.get()``.
 in_process: ContextVar[bool] = ContextVar("poolkit_in_process", default=False)
 
 #: Set by a mock or bridge worker: makes that fake worker stop answering anything (heartbeats

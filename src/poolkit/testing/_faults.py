@@ -60,7 +60,8 @@ ByzantineMode = Literal["wrong_call_id", "duplicate", "out_of_order"]
 WorkerRef = str | Worker | WorkerInfo | None
 
 _MiB = 1024 * 1024
-_LENGTH_FIELD = range(14, 18)  # the header's payload length (see _protocol): never flipped
+_LENGTH_FIELD = range(14, 18)  # the header's body length (see _protocol): never flipped
+_Pick = Literal["busy", "idle", "next"]
 _REPLIES = frozenset({proto.FrameKind.RESULT, proto.FrameKind.ERROR, proto.FrameKind.CANCELLED})
 _CRASH_SIGNALS = {"sigkill": signal.SIGKILL, "segfault": signal.SIGSEGV}
 
@@ -129,8 +130,16 @@ class FaultInjector:
     """Injects real faults into ``pool``'s workers. See the module docstring and docs/testing.md.
 
     ``worker`` arguments take a worker id, a handle from ``pool.workers()``, or a
-    :class:`~poolkit.WorkerInfo`; None picks one (a busy worker if any, else a ready one).
+    :class:`~poolkit.WorkerInfo`; None picks one: for ``crash`` a busy worker if any (its
+    running call is what a crash hits), else a ready one; for ``hang`` and ``grow_memory`` an
+    idle one; for the stream faults and ``partition`` the worker the pool will route its next
+    call to (its scheduler's pick), so that a call made inside the block goes through the
+    fault, or a busy one when no worker has room.
     ``timeout`` arguments bound the injector's own waits (scaled by ``POOLKIT_TIMEOUT_FACTOR``).
+
+    A stream fault that injected nothing by the end of its block (no byte or frame of its
+    worker passed while it was active) raises :class:`FaultError` on exit: a fault that
+    silently does nothing would let a test pass without testing anything.
     """
 
     def __init__(self, pool: Pool) -> None:
@@ -145,12 +154,18 @@ class FaultInjector:
             raise FaultError(f"pool {self.pool.name!r} has no workers (is it started?)")
         return _layer_of(workers[0])
 
-    def _worker(self, worker: WorkerRef, *, prefer_busy: bool = True) -> Worker:
+    def _worker(self, worker: WorkerRef, *, pick: _Pick = "busy") -> Worker:
         live = [w for w in self.pool.workers() if w.state.accepts_calls]
         if worker is None:
             busy = [w for w in live if w.load]
             idle = [w for w in live if not w.load]
-            order = busy + idle if prefer_busy else idle + busy
+            order = idle + busy if pick == "idle" else busy + idle
+            if pick == "next":
+                # The worker the pool's next call goes to (least loaded with room, round-robin
+                # among equals), the same pick the pool's dispatch makes.
+                routed = self.pool._sched.pick()
+                if routed is not None and routed in live:
+                    order.insert(0, routed)
             if not order:
                 raise FaultError(f"pool {self.pool.name!r} has no ready or busy worker")
             return order[0]
@@ -161,7 +176,7 @@ class FaultInjector:
         raise FaultError(f"no ready or busy worker {wanted!r} in pool {self.pool.name!r}")
 
     def _stream_worker(self, fault: str, worker: WorkerRef) -> tuple[Worker, Layer]:
-        w = self._worker(worker)
+        w = self._worker(worker, pick="next")
         layer = _layer_of(w)
         if layer is Layer.MOCK:
             raise FaultNotSupported(fault, layer, "mock workers have no byte stream to act on")
@@ -185,7 +200,7 @@ class FaultInjector:
         """
         if how not in ("sigkill", "segfault", "exit"):
             raise ValueError(f"how must be 'sigkill', 'segfault' or 'exit', got {how!r}")
-        w = self._worker(worker, prefer_busy=how != "exit")
+        w = self._worker(worker, pick="idle" if how == "exit" else "busy")
         pid = w.pid
         returncode = exit_code if how == "exit" else -_CRASH_SIGNALS[how]
         layer = _layer_of(w)
@@ -216,17 +231,25 @@ class FaultInjector:
     async def hang(self, worker: WorkerRef = None, *, timeout: float = 30.0) -> AsyncIterator[FaultHandle]:
         """Inside the block, a worker runs a call that never returns (``targets.hang``).
 
-        The worker stays busy and takes no more than its pipeline depth; other workers serve.
-        Leaving the block abandons the call, which kills the worker (running code cannot be
-        stopped otherwise) and the pool replaces it, as after a timeout. Works on every layer.
+        The block starts once the call has been written to the worker. The worker stays busy
+        and takes no more than its pipeline depth; other workers serve. Leaving the block
+        abandons the call, which kills the worker (running code cannot be stopped otherwise)
+        and the pool replaces it, as after a timeout (``ensure_pool_ready`` after the block
+        waits until it has left). Works on every layer: the target is Python
+        (``targets.hang``), so a worker that does not run Python targets fails the call and
+        this raises FaultError.
         """
-        w = self._worker(worker, prefer_busy=False)
+        w = self._worker(worker, pick="idle")
         call = self._submit(w, "poolkit.testing.targets:hang", ())
         try:
+            # Running, and its CALL frame has left the pool's write buffer (so a stream fault
+            # installed on this worker inside the block cannot drop or delay it). No event
+            # announces the buffer draining: poll quickly, it takes one turn of the loop.
             await wait_until(
-                lambda: w.head() is call or call.ended,
+                lambda: (w.head() is call and not w._outbox) or call.ended,
                 timeout=timeout,
                 pool=self.pool,
+                poll=0.002,
                 describe=f"the hanging call to start on worker {w.id}",
             )
             if call.ended:
@@ -243,15 +266,19 @@ class FaultInjector:
     ) -> AsyncIterator[FaultHandle]:
         """Cut a worker off from the pool for the block.
 
-        Bridge: every byte either way is dropped (recorded in the handle). Real process:
-        SIGSTOP (the process is really stopped, state ``T``), SIGCONT when the block ends if
-        the pool has not killed it meanwhile. Mock: not supported.
+        Bridge: every byte either way is dropped (recorded in the handle); FaultError on exit if
+        no byte passed. Real process: SIGSTOP (the process is really stopped, state ``T``),
+        SIGCONT when the block ends if the pool has not killed it meanwhile. Either way the
+        pool does not know at once: it keeps routing calls to the worker until the heartbeat
+        finds it unresponsive (about ``heartbeat_misses`` intervals) or a call times out.
+        Mock: not supported.
         """
         w, layer = self._stream_worker("partition", worker)
         handle = FaultHandle("partition", layer, w.id, w.pid)
         if layer is Layer.BRIDGE:
             async with _installed(w, _PartitionTap(handle.records)):
                 yield handle
+            _require_records(handle, w, "no byte passed either way")
             return
         pid = w.pid
         assert pid is not None
@@ -263,6 +290,8 @@ class FaultInjector:
                 poll=0.002,
                 describe=f"worker {w.id} (pid {pid}) to stop",
             )
+            if proc_state(pid) is None:
+                raise FaultError(f"worker {w.id} (pid {pid}) exited before it could be stopped")
             yield handle
         finally:
             if w.returncode is None:  # not reaped yet: the pid is still this worker's
@@ -284,7 +313,7 @@ class FaultInjector:
         """Hold every chunk either way for ``latency`` +- ``jitter`` seconds (uniform, seeded).
 
         Bytes are not changed and keep their order (a chunk waits for the one before it).
-        Bridge and real processes; mock: not supported.
+        FaultError on exit if no byte passed. Bridge and real processes; mock: not supported.
         """
         if latency < 0 or jitter < 0:
             raise ValueError("latency and jitter must be >= 0")
@@ -292,6 +321,7 @@ class FaultInjector:
         handle = FaultHandle("slow", layer, w.id, w.pid)
         async with _installed(w, _SlowTap(handle.records, latency, jitter, random.Random(seed))):
             yield handle
+        _require_records(handle, w, "no byte passed either way")
 
     # ---- corrupt -----------------------------------------------------------------------------
     @asynccontextmanager
@@ -307,9 +337,12 @@ class FaultInjector:
 
         ``flip``: one random bit of the frame (never in its length field, so the frame still
         ends where it did and the checksum catches it at once). ``truncate``: the frame loses
-        a random tail of its payload (frames without a payload are passed on and not
-        counted); the damage shows when the next bytes arrive. The pool fails the running
-        call with ProtocolError and replaces the worker. Bridge and real processes.
+        a random tail of its body and its length field is rewritten to match, the checksum
+        left as the worker computed it (frames without a body are passed on and not
+        counted): the frame is complete, so the decoder reads it at once and the checksum
+        fails. Either way the pool fails the running call with ProtocolError at once and
+        replaces the worker. FaultError on exit if no frame was damaged. Bridge and real
+        processes.
         """
         if mode not in ("flip", "truncate"):
             raise ValueError(f"mode must be 'flip' or 'truncate', got {mode!r}")
@@ -317,6 +350,8 @@ class FaultInjector:
         handle = FaultHandle(f"corrupt:{mode}", layer, w.id, w.pid)
         async with _installed(w, _CorruptTap(handle.records, mode, frames, random.Random(seed))):
             yield handle
+        what = "frame" if mode == "flip" else "frame with a body"
+        _require_records(handle, w, f"no {what} came from it")
 
     # ---- byzantine -----------------------------------------------------------------------------
     @asynccontextmanager
@@ -327,7 +362,8 @@ class FaultInjector:
         lie: ``wrong_call_id`` (another call's id), ``duplicate`` (delivered twice),
         ``out_of_order`` (held back and delivered after the reply that follows it). Every
         rewritten frame has a correct checksum: only the protocol's ordering rules catch it.
-        Bridge and real processes.
+        FaultError on exit if no reply was rewritten (``out_of_order`` needs two). Bridge and
+        real processes.
         """
         if mode not in ("wrong_call_id", "duplicate", "out_of_order"):
             raise ValueError(f"unknown byzantine mode {mode!r}")
@@ -335,6 +371,8 @@ class FaultInjector:
         handle = FaultHandle(f"byzantine:{mode}", layer, w.id, w.pid)
         async with _installed(w, _ByzantineTap(handle.records, mode)):
             yield handle
+        need = "two replies" if mode == "out_of_order" else "a reply"
+        _require_records(handle, w, f"{need} (RESULT, ERROR or CANCELLED) did not come from it")
 
     # ---- memory ------------------------------------------------------------------------------
     async def grow_memory(self, megabytes: int, worker: WorkerRef = None, *, timeout: float = 60.0) -> int:
@@ -344,7 +382,7 @@ class FaultInjector:
         that is under 80% of the request. Real processes only (in-process, the memory would be
         the test process's own).
         """
-        w = self._worker(worker, prefer_busy=False)
+        w = self._worker(worker, pick="idle")
         layer = _layer_of(w)
         if layer is not Layer.SUBPROCESS:
             raise FaultNotSupported("grow_memory", layer, "workers run in the test process; use subprocess")
@@ -389,6 +427,21 @@ class FaultInjector:
         if call.status is not CallStatus.DONE:
             raise FaultError(f"{target} on worker {w.id} did not end within {scaled(timeout):g}s")
         return call
+
+
+def _require_records(handle: FaultHandle, worker: Worker, nothing: str) -> None:
+    """After a stream fault's block: raise FaultError if it injected nothing."""
+    if handle.records:
+        return
+    why = f"{nothing} while the fault was active"
+    if worker.state.is_terminal:
+        why += f" (the worker exited: {worker.state.value}, returncode {worker.returncode})"
+    else:
+        why += (
+            "; were the block's calls routed to other workers? Pass worker= the one your calls "
+            "use, or make a call inside the block that it serves"
+        )
+    raise FaultError(f"{handle.fault} on worker {worker.id} injected nothing: {why}")
 
 
 def _layer_of(worker: Worker) -> Layer:
@@ -569,7 +622,19 @@ class _CorruptTap(_FrameTap):
         else:
             if not frame.payload:
                 return raw
-            delivered = raw[: rng.randrange(proto.HEADER_SIZE, len(raw))]
+            # Cut the payload's tail and make the length field say so, keeping the checksum the
+            # worker computed over the whole payload. Why not just cut: the decoder would wait
+            # for the missing bytes, and the call would hang (or fail much later, misread, once
+            # unrelated bytes such as a PONG filled the gap) instead of failing as a damaged
+            # frame. Why not cut and close the stream: that is a worker dying mid-write, a crash
+            # (WorkerCrashed), which crash() covers. This models the fault checksums exist for:
+            # a frame that arrives whole by its framing but without all its bytes. The
+            # decoder reads it at once and the checksum fails: ProtocolError, worker replaced.
+            body = raw[proto.HEADER_SIZE :]
+            kept = rng.randrange(len(body))  # 0 .. len - 1 bytes of the body survive
+            header = bytearray(raw[: proto.HEADER_SIZE])
+            header[_LENGTH_FIELD.start : _LENGTH_FIELD.stop] = kept.to_bytes(len(_LENGTH_FIELD), "big")
+            delivered = bytes(header) + body[:kept]
         self._left -= 1
         self.records.append(WireRecord("received", raw, delivered))
         return delivered

@@ -50,14 +50,35 @@ def pytest_configure(config: pytest.Config) -> None:
     _selected_layers(config)  # a bad --poolkit-layers is a usage error at startup, not mid-collection
 
 
+_VALID = ", ".join(layer.value for layer in LAYERS)
+
+
 def _selected_layers(config: pytest.Config) -> list[Layer]:
     raw = str(config.getoption("--poolkit-layers"))
     try:
         return [Layer(part.strip()) for part in raw.split(",") if part.strip()]
     except ValueError:
         raise pytest.UsageError(
-            f"--poolkit-layers: expected mock, bridge and/or subprocess, got {raw!r}"
+            f"--poolkit-layers: expected {_VALID} (comma-separated), got {raw!r}"
         ) from None
+
+
+def _marker_layers(metafunc: pytest.Metafunc, marker: pytest.Mark) -> set[Layer]:
+    """The layers a ``poolkit_layers`` marker names. A bad name fails collection of that test
+    with a message naming the valid layers (not an enum traceback from inside pluggy)."""
+    wanted: set[Layer] = set()
+    unknown: list[str] = []
+    for arg in marker.args:
+        try:
+            wanted.add(Layer(arg))
+        except ValueError:
+            unknown.append(repr(arg))
+    if unknown:
+        raise pytest.Collector.CollectError(
+            f"{metafunc.definition.nodeid}: @pytest.mark.poolkit_layers got unknown layer(s) "
+            f"{', '.join(unknown)}; valid layers: {_VALID}"
+        )
+    return wanted
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -66,7 +87,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     layers = _selected_layers(metafunc.config)
     marker = metafunc.definition.get_closest_marker("poolkit_layers")
     if marker is not None:
-        wanted = {Layer(arg) for arg in marker.args}
+        wanted = _marker_layers(metafunc, marker)
         layers = [layer for layer in layers if layer in wanted]
     params = [
         pytest.param(layer, id=layer.value, marks=[pytest.mark.xdist_group("poolkit-subprocess")])

@@ -8,19 +8,24 @@ fails with what it waited for and the pool's state at that moment.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
-from .._pool import Pool
-from .._state import WorkerState
+from .._state import PoolState, WorkerState
+
+if TYPE_CHECKING:
+    from .._pool import Pool
 
 __all__ = [
     "ManualClock",
+    "PoolNotReady",
     "Sequencer",
     "WaitTimeout",
     "ensure_pool_ready",
@@ -35,8 +40,11 @@ def timeout_factor() -> float:
     raw = os.environ.get("POOLKIT_TIMEOUT_FACTOR", "").strip()
     if not raw:
         return 1.0
-    factor = float(raw)
-    if not factor > 0:
+    try:
+        factor = float(raw)
+    except ValueError:
+        raise ValueError(f"POOLKIT_TIMEOUT_FACTOR must be a number, got {raw!r}") from None
+    if not factor > 0:  # also rejects nan
         raise ValueError(f"POOLKIT_TIMEOUT_FACTOR must be > 0, got {raw!r}")
     return factor
 
@@ -48,6 +56,29 @@ def scaled(seconds: float) -> float:
 
 class WaitTimeout(AssertionError):
     """A :func:`wait_until` condition did not hold in time. The message says what and where."""
+
+
+class PoolNotReady(AssertionError):
+    """:func:`ensure_pool_ready` cannot succeed: the pool was never started, is closing or
+    closed, or has failed. Raised at once instead of after the whole timeout; ``state`` is the
+    pool's state."""
+
+    def __init__(self, pool: Pool, why: str) -> None:
+        super().__init__(f"pool {pool.name!r} cannot become ready: {why}\n  pool: {pool!r}")
+        self.state = pool.state
+
+
+def _check_sync(predicate: Callable[[], bool], value: object) -> None:
+    """Refuse an async predicate: a coroutine object is truthy, so the wait would end at once
+    having checked nothing."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: close it rather than leave a RuntimeWarning behind
+        raise TypeError(
+            f"wait_until needs a synchronous predicate returning a bool; {predicate!r} returned an "
+            "awaitable. Read state in the predicate (it is re-checked on every pool event) and do "
+            "any awaiting outside it."
+        )
 
 
 async def wait_until(
@@ -62,8 +93,21 @@ async def wait_until(
 
     With ``pool``, the predicate is re-checked on every event the pool emits, so the wait
     ends as soon as the pool does the thing; ``poll`` is the fallback re-check interval.
+
+    The predicate must be synchronous: it only reads state, and is called again whenever
+    something may have changed. A coroutine function (or a predicate returning an awaitable)
+    raises TypeError rather than being awaited: awaiting inside the check would let it block
+    and miss the very events that wake the wait, and silently accepting it would end the wait
+    at once (a coroutine object is truthy).
     """
-    if predicate():
+    if inspect.iscoroutinefunction(predicate):
+        raise TypeError(
+            f"wait_until needs a synchronous predicate returning a bool, got the coroutine "
+            f"function {predicate!r}"
+        )
+    first = predicate()
+    _check_sync(predicate, first)
+    if first:
         return
     changed = anyio.Event()
 
@@ -87,14 +131,61 @@ async def wait_until(
 
 
 async def ensure_pool_ready(pool: Pool, *, timeout: float = 30.0) -> None:
-    """Wait until the pool runs ``min_workers`` READY workers and none is starting."""
+    """Wait until the pool's worker list has settled at full strength.
 
-    def ready() -> bool:
-        stats = pool.statistics()
-        starting = stats.workers_in(WorkerState.SPAWNING) + stats.workers_in(WorkerState.STARTING)
-        return stats.workers_in(WorkerState.READY) >= pool.config.min_workers and starting == 0
+    Settled means: the pool is running, at least ``min_workers`` workers are READY, and no
+    listed worker is coming (SPAWNING, STARTING) or going (STOPPING, or already STOPPED or
+    FAILED but not yet removed). Why the last part: after a fault (a crash, a hang block's
+    exit, a timeout) the pool starts the replacement at once, so ``min_workers`` READY can
+    hold while the old worker is still listed and being killed; a test that checks
+    ``pool.workers()`` or ``statistics()`` next would see it. A STOPPING worker always leaves
+    (killed after ``kill_grace`` at most). RETIRING and DRAINING workers are not waited for:
+    they leave when their calls or sessions end, which the test itself may be holding open.
 
-    await wait_until(ready, timeout=timeout, describe=f"{pool.config.min_workers} ready workers", pool=pool)
+    Fails at once with :class:`PoolNotReady` when the pool cannot get there: never started,
+    closing or closed, or failed (also if that happens during the wait); otherwise raises
+    :class:`WaitTimeout` after ``scaled(timeout)``.
+    """
+    want = pool.config.min_workers
+
+    def check_pool() -> None:
+        state = pool.state
+        if state is PoolState.CREATED:
+            raise PoolNotReady(pool, "it was never started (use `async with pool:` or `await pool.start()`)")
+        if state is PoolState.FAILED:
+            raise PoolNotReady(pool, "it has failed (its workers kept failing; calls raise PoolFailed)")
+        if state in (PoolState.DRAINING, PoolState.CLOSED):
+            raise PoolNotReady(pool, f"it is {'closing' if state is PoolState.DRAINING else 'closed'}")
+
+    def settled() -> bool:
+        check_pool()
+        if pool.state is not PoolState.RUNNING:
+            return False  # STARTING
+        ready = 0
+        for w in pool.statistics().workers:
+            if w.state in _UNSETTLED:
+                return False
+            ready += w.state is WorkerState.READY
+        return ready >= want
+
+    await wait_until(
+        settled,
+        timeout=timeout,
+        describe=f"{want} ready workers, none starting or stopping",
+        pool=pool,
+    )
+
+
+#: Workers on their way in or out of the pool: ensure_pool_ready waits until none is listed.
+_UNSETTLED = frozenset(
+    {
+        WorkerState.SPAWNING,
+        WorkerState.STARTING,
+        WorkerState.STOPPING,
+        WorkerState.STOPPED,
+        WorkerState.FAILED,
+    }
+)
 
 
 class Sequencer:
