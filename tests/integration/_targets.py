@@ -141,7 +141,7 @@ def child_process_output(text: str) -> int:
 # up, and sleeps far longer than any test.
 _GRANDCHILD = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "print('ready', flush=True); time.sleep(600)"
+    "print('ready', flush=True); time.sleep(600)"  # sleep-ok: a process to be killed, not a wait
 )
 _GRANDCHILDREN: list[subprocess.Popen[bytes]] = []  # never waited for, on purpose; kept from __del__
 
