@@ -7,8 +7,11 @@ Each test runs on the layers where its fault means something (``poolkit_layers``
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -16,6 +19,8 @@ import pytest
 from _util import pid_alive
 from poolkit import CallTimeout, Pool, ProtocolError, WorkerCrashed, WorkerExited, WorkerState
 from poolkit import _protocol as proto
+from poolkit._call import Call
+from poolkit._worker import Worker
 from poolkit.testing import (
     ByzantineMode,
     CrashMode,
@@ -378,3 +383,50 @@ async def test_a_hung_worker_does_not_stop_the_others(poolkit_pool_factory: Pool
                 assert await pool.call(targets.echo, "served") == "served"
             await ensure_pool_ready(pool)
         assert handle.worker_id not in [w.id for w in pool.workers()]
+
+
+# What a worker must not load just to run a fault's call: the pool machinery and pytest.
+_HEAVY = ("poolkit._pool", "anyio", "pydantic", "pytest")
+
+
+@pytest.mark.poolkit_layers("subprocess")
+async def test_worker_side_fault_targets_import_only_what_they_need(
+    poolkit_pool_factory: PoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call the injector routes to a real worker (grow_memory, hang, crash(how="exit"))
+    names a target the worker resolves without loading the pool machinery or pytest: resolved
+    in a fresh interpreter, as a worker process does, its module loads none of them. The exit
+    target is ``_worker_faults.exit_if_pid``, not a function of ``_faults`` (which imports the
+    pool)."""
+    sent: list[str] = []
+    submit = FaultInjector._submit
+
+    def spy(self: FaultInjector, w: Worker, target: str, args: tuple[Any, ...]) -> Call:
+        sent.append(target)
+        return submit(self, w, target, args)
+
+    monkeypatch.setattr(FaultInjector, "_submit", spy)
+    async with poolkit_pool_factory(min_workers=2) as pool:
+        injector = FaultInjector(pool)
+        with anyio.fail_after(scaled(60)):
+            await injector.grow_memory(8)
+            async with injector.hang():
+                pass
+            await ensure_pool_ready(pool)
+            report = await injector.crash(how="exit", exit_code=3)
+            assert report.returncode == 3
+            await ensure_pool_ready(pool)
+    assert len(sent) == 3, sent
+
+    for target in sent:
+        module, _, attr = target.partition(":")
+        code = (
+            f"import sys; from {module} import {attr}; "
+            f"loaded = [m for m in {_HEAVY!r} if m in sys.modules]; assert not loaded, loaded"
+        )
+        with anyio.fail_after(scaled(60)):
+            done = await anyio.run_process([sys.executable, "-c", code], check=False)
+        assert done.returncode == 0, f"{target}: {done.stderr.decode()}"
+    module, _, attr = sent[-1].partition(":")
+    exit_target = getattr(importlib.import_module(module), attr)
+    assert (exit_target.__module__, exit_target.__name__) == ("poolkit.testing._worker_faults", "exit_if_pid")

@@ -50,11 +50,19 @@ def _run(code: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("module", ["poolkit.testing._context", "poolkit.testing.targets", "poolkit.testing"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "poolkit.testing._context",
+        "poolkit.testing._worker_faults",
+        "poolkit.testing.targets",
+        "poolkit.testing",
+    ],
+)
 def test_worker_side_imports_are_light(module: str) -> None:
     """A worker process importing the harness's target-side modules (your own layer-agnostic
-    targets import ``_context``) loads neither pytest nor the pool machinery: the package's
-    re-exports are lazy."""
+    targets import ``_context``; FaultInjector's calls import ``_worker_faults`` and ``targets``)
+    loads neither pytest nor the pool machinery: the package's re-exports are lazy."""
     _run(
         f"import sys; import {module}; loaded = [m for m in {_HEAVY!r} if m in sys.modules]; assert not loaded, loaded"
     )
@@ -69,3 +77,37 @@ def test_worker_side_imports_work_without_pytest_installed() -> None:
         "from poolkit.testing import targets\n"
         "assert in_process.get() is False and targets.echo(1) == 1"
     )
+
+
+def test_harness_names_resolve_without_pytest() -> None:
+    """A script using the harness outside pytest: Isolation and PoolFactory (the fixtures'
+    types), and every other public name, resolve without importing pytest or the plugin."""
+    _run(
+        "import sys\n"
+        "import poolkit.testing\n"
+        "poolkit.testing.Isolation, poolkit.testing.PoolFactory\n"
+        "loaded = [m for m in ('pytest', 'poolkit.testing._plugin') if m in sys.modules]\n"
+        "assert not loaded, ('Isolation/PoolFactory', loaded)\n"
+        "for name in poolkit.testing.__all__:\n"
+        "    getattr(poolkit.testing, name)\n"
+        "loaded = [m for m in ('pytest', 'poolkit.testing._plugin') if m in sys.modules]\n"
+        "assert not loaded, ('__all__', loaded)"
+    )
+
+
+def test_harness_names_work_without_pytest_installed() -> None:
+    """Where pytest is not installed, Isolation and PoolFactory still import and work."""
+    _run(
+        "import sys; sys.modules['pytest'] = None  # 'import pytest' now fails as if not installed\n"
+        "from poolkit.testing import Isolation, LeakCheck, PoolFactory\n"
+        "isolation = Isolation(tag='t', name='n', leak_check=LeakCheck('t'))\n"
+        "assert isolation.killed == [] and PoolFactory is not None"
+    )
+
+
+def test_exit_if_pid_does_not_exit_another_process() -> None:
+    """crash(how="exit")'s worker-side target only exits the worker it was aimed at: anywhere
+    else (a requeued call landing on another worker) it returns False."""
+    from poolkit.testing._worker_faults import exit_if_pid
+
+    assert exit_if_pid(-1, 3) is False

@@ -8,7 +8,8 @@ Registered as a pytest plugin (entry point ``poolkit``): install poolkit and the
   :func:`hangs`, :func:`delays`, :func:`runs`; the bridge layer's :class:`BridgeLauncher`.
 * Deterministic helpers: :func:`wait_until`, :func:`ensure_pool_ready` (:class:`PoolNotReady`),
   :class:`Sequencer`, :class:`ManualClock`, :func:`scaled`, :func:`timeout_factor`.
-* Isolation: :func:`unique_name`, :func:`kill_tagged`, :class:`LeakCheck`.
+* Isolation: :func:`unique_name`, :func:`kill_tagged`, :class:`LeakCheck`, :class:`Isolation`
+  (and :data:`PoolFactory`, the pool factory fixture's type): none of them imports pytest.
 * Fault injection: :class:`FaultInjector` (crash, hang, partition, slow, corrupt, byzantine,
   grow_memory), real on every layer where the fault means something.
 * Observing and loading a pool: :class:`PoolMonitor` (events, counts, gauges, exact latency
@@ -55,8 +56,8 @@ if TYPE_CHECKING:
         FaultNotSupported,
         WireRecord,
     )
-    from ._isolation import TAG_ENV, LeakCheck, kill_tagged, tagged_processes, unique_name
-    from ._layers import LAYERS, Layer, pool_for
+    from ._isolation import TAG_ENV, Isolation, LeakCheck, kill_tagged, tagged_processes, unique_name
+    from ._layers import LAYERS, Layer, PoolFactory, pool_for
     from ._load import (
         CallOutcome,
         LoadProfile,
@@ -81,7 +82,6 @@ if TYPE_CHECKING:
         runs,
     )
     from ._monitor import LatencySummary, MonitorSummary, PoolMonitor, percentile
-    from ._plugin import Isolation, PoolFactory
     from ._wait import (
         ManualClock,
         PoolNotReady,
@@ -110,7 +110,7 @@ _EXPORTS: dict[str, str] = {
     "FaultInjector": "._faults",
     "FaultNotSupported": "._faults",
     "History": "._chaos",
-    "Isolation": "._plugin",
+    "Isolation": "._isolation",
     "LatencySummary": "._monitor",
     "Layer": "._layers",
     "LeakCheck": "._isolation",
@@ -124,7 +124,7 @@ _EXPORTS: dict[str, str] = {
     "Operation": "._load",
     "OperationStats": "._load",
     "PlannedCall": "._load",
-    "PoolFactory": "._plugin",
+    "PoolFactory": "._layers",
     "PoolMonitor": "._monitor",
     "PoolNotReady": "._wait",
     "RetryCheck": "._chaos",

@@ -15,7 +15,9 @@ worker handles) and does the real thing on each, never a simulation of the pool'
 
 Calls the injector sends itself (``crash(how="exit")`` and ``grow_memory`` on a real process,
 ``hang``) are routed to one chosen worker, not through the pool's queue: they do not appear
-in the pool's call events or call counters, only in its workers' load.
+in the pool's call events or call counters, only in its workers' load. Their targets live in
+modules a worker imports without the pool machinery: ``_worker_faults`` (``exit_if_pid``) and
+``targets`` (``hang``, ``grow_memory``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ _Pick = Literal["busy", "idle", "next"]
 _REPLIES = frozenset({proto.FrameKind.RESULT, proto.FrameKind.ERROR, proto.FrameKind.CANCELLED})
 _CRASH_SIGNALS = {"sigkill": signal.SIGKILL, "segfault": signal.SIGSEGV}
 
+# Targets of the calls the injector routes to a worker. Each lives in a module a worker process
+# imports cheaply (standard library only, never this module: it would load the pool machinery
+# into the worker for that one call). tests/integration/test_faults.py checks them.
+_EXIT_TARGET = "poolkit.testing._worker_faults:exit_if_pid"
+_HANG_TARGET = "poolkit.testing.targets:hang"
+_GROW_MEMORY_TARGET = "poolkit.testing.targets:grow_memory"
+
 
 class FaultError(Exception):
     """A fault could not be injected (no such worker, it died first, the effect did not show)."""
@@ -113,17 +122,6 @@ class FaultHandle:
     worker_id: str
     pid: int | None
     records: list[WireRecord] = dataclasses.field(default_factory=list)
-
-
-def exit_if_pid(pid: int, code: int) -> bool:
-    """Target routed by ``crash(how="exit")``: ``os._exit(code)`` if this is worker ``pid``.
-
-    Returns False without exiting anywhere else (a call routed to a worker that died first
-    is requeued by the pool and could land on another worker).
-    """
-    if os.getpid() != pid:
-        return False
-    os._exit(code)
 
 
 class FaultInjector:
@@ -212,7 +210,7 @@ class FaultInjector:
             w._conn.exit(returncode)
         elif how == "exit":
             assert pid is not None
-            call = await self._route(w, f"{__name__}:exit_if_pid", (pid, exit_code), timeout=timeout)
+            call = await self._route(w, _EXIT_TARGET, (pid, exit_code), timeout=timeout)
             if not isinstance(call.error, WorkerCrashed):
                 raise FaultError(f"worker {w.id} did not exit: {call.error or 'the exit call returned'}")
         else:
@@ -240,7 +238,7 @@ class FaultInjector:
         this raises FaultError.
         """
         w = self._worker(worker, pick="idle")
-        call = self._submit(w, "poolkit.testing.targets:hang", ())
+        call = self._submit(w, _HANG_TARGET, ())
         try:
             # Running, and its CALL frame has left the pool's write buffer (so a stream fault
             # installed on this worker inside the block cannot drop or delay it). No event
@@ -391,7 +389,7 @@ class FaultInjector:
         before = vm_rss(pid)
         if before is None:
             raise FaultNotSupported("grow_memory", layer, f"no /proc/{pid}/status VmRSS on this system")
-        call = await self._route(w, "poolkit.testing.targets:grow_memory", (megabytes,), timeout=timeout)
+        call = await self._route(w, _GROW_MEMORY_TARGET, (megabytes,), timeout=timeout)
         if call.error is not None or call.worker is not w:
             raise FaultError(f"grow_memory did not run on worker {w.id}: {call.error!r}")
         after = vm_rss(pid)

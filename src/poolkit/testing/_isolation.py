@@ -10,6 +10,7 @@ for what the test left behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import re
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TAG_ENV", "LeakCheck", "kill_tagged", "tagged_processes", "unique_name"]
+__all__ = ["TAG_ENV", "Isolation", "LeakCheck", "kill_tagged", "tagged_processes", "unique_name"]
 
 TAG_ENV = "POOLKIT_TEST_TAG"
 _counter = itertools.count(1)
@@ -123,3 +124,17 @@ class LeakCheck:
     def checking(self) -> Iterator[LeakCheck]:
         self.start()
         yield self
+
+
+@dataclasses.dataclass
+class Isolation:
+    """One test's isolation: ``tag`` marks its worker processes, ``name`` is unique in the run.
+
+    The ``poolkit_isolation`` fixture makes one per test; defined here, not in the pytest plugin,
+    so that using it (or annotating with it) outside pytest does not import pytest.
+    """
+
+    tag: str
+    name: str
+    leak_check: LeakCheck
+    killed: list[int] = dataclasses.field(default_factory=list)

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Callable
 from typing import Any
 
 from .._config import PoolConfig, WorkerSpec
@@ -17,7 +19,7 @@ from ._bridge import BridgeLauncher
 from ._isolation import TAG_ENV, unique_name
 from ._mock import MockScript
 
-__all__ = ["LAYERS", "Layer", "pool_for"]
+__all__ = ["LAYERS", "Layer", "PoolFactory", "pool_for"]
 
 
 class Layer(enum.Enum):
@@ -31,6 +33,11 @@ class Layer(enum.Enum):
 
 
 LAYERS: tuple[Layer, ...] = tuple(Layer)
+
+#: What the ``poolkit_pool_factory`` fixture returns: ``async with factory(**config_fields) as
+#: pool:`` gives an isolated, started pool. Defined here, not in the pytest plugin, so that
+#: annotating with it outside pytest does not import pytest.
+PoolFactory = Callable[..., contextlib.AbstractAsyncContextManager[Pool]]
 
 
 def pool_for(

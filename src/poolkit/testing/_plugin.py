@@ -16,17 +16,19 @@ with ``--dist loadgroup``, they do not oversubscribe a small machine.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from .._pool import Pool
-from ._isolation import LeakCheck, kill_tagged, unique_name
-from ._layers import LAYERS, Layer, pool_for
+from ._isolation import Isolation, LeakCheck, kill_tagged, unique_name
+from ._layers import LAYERS, Layer, PoolFactory, pool_for
 from ._wait import ensure_pool_ready, timeout_factor
 
+# Isolation and PoolFactory are defined where importing them loads no pytest (``_isolation``,
+# ``_layers``): a script using the harness outside pytest gets them from ``poolkit.testing``
+# without this module. Re-exported here for code that imported them from the plugin.
 __all__ = ["Isolation", "PoolFactory"]
 
 
@@ -104,16 +106,6 @@ def poolkit_timeout_factor() -> float:
     return timeout_factor()
 
 
-@dataclasses.dataclass
-class Isolation:
-    """One test's isolation: ``tag`` marks its worker processes, ``name`` is unique in the run."""
-
-    tag: str
-    name: str
-    leak_check: LeakCheck
-    killed: list[int] = dataclasses.field(default_factory=list)
-
-
 @pytest.fixture
 def poolkit_isolation(request: pytest.FixtureRequest) -> Iterator[Isolation]:
     """Tag this test's processes; at teardown kill them and fail on leaks (processes, threads,
@@ -128,9 +120,6 @@ def poolkit_isolation(request: pytest.FixtureRequest) -> Iterator[Isolation]:
         leaks.insert(0, f"killed {len(isolation.killed)} worker process(es) left running: {isolation.killed}")
     if leaks:
         pytest.fail("poolkit leak check failed:\n  " + "\n  ".join(leaks), pytrace=False)
-
-
-PoolFactory = Callable[..., contextlib.AbstractAsyncContextManager[Pool]]
 
 
 @pytest.fixture
