@@ -368,18 +368,49 @@ class SessionUnavailable(SessionError):
         super().__init__(message, key=key, **kw)
 
 
+#: What happened to a session's worker, by ``SessionLost.reason``.
+_SESSION_LOST_CAUSES = {
+    "crashed": "The worker process died",
+    "unresponsive": "The pool killed the worker: it stopped answering heartbeats",
+    "protocol": "The pool killed the worker: it sent invalid frames",
+    "resource_exhausted": "The pool killed the worker: it went over recycle.memory_limit",
+    "recycled": "The pool recycled the worker (a recycle limit or recycle_all()), and "
+    "recycle.session_drain_timeout passed",
+    "stopped": "The pool stopped the worker to end a call on it that timed out or was cancelled",
+}
+
+
+def _session_lost_advice(reason: str, key: object) -> str:
+    """The tail of every SessionLost message: what happened, and what the caller can do."""
+    if reason == "expired":
+        return (
+            f"This handle stays lost: open a new session with pool.session({key!r}), which starts "
+            "with empty state"
+        )
+    cause = _SESSION_LOST_CAUSES.get(reason, f"The worker is gone ({reason})")
+    return (
+        f"{cause}. This session's calls raise SessionLost until it is ended: end it with "
+        f"pool.end_session({key!r}) (or close its handle) and start a new session, which starts "
+        "with empty state"
+    )
+
+
 class SessionLost(SessionError):
-    """The session's worker is gone (it crashed, was recycled, or the session expired), and
-    the per-session state it held is gone with it. Strict affinity modes raise this rather
-    than run the call on a worker that does not have the state; end the session (or let it
-    expire) and start a new one."""
+    """The session's worker is gone (it crashed, was recycled or stopped, or the session
+    expired), and the per-session state it held is gone with it. Strict affinity modes raise
+    this rather than run the call on a worker that does not have the state; end the session
+    (or let it expire) and start a new one.
+
+    ``reason`` says why (``crashed``, ``unresponsive``, ``protocol``, ``resource_exhausted``,
+    ``recycled``, ``stopped``, ``expired``); the message adds what happened and what to do.
+    """
 
     kind = FailureKind.SESSION_LOST
 
     def __init__(self, message: str, *, key: object, reason: str, **kw: object) -> None:
         self.reason = reason
         kw.setdefault("phase", Phase.QUEUED)
-        super().__init__(message, key=key, **kw)
+        super().__init__(f"{message}. {_session_lost_advice(reason, key)}", key=key, **kw)
 
 
 class SerializationError(CallError):

@@ -399,6 +399,9 @@ class Pool:
                 # for good (a later aclose() would wait for CLOSED forever)
                 if self._housekeeper_scope is not None:
                     self._housekeeper_scope.cancel()
+                # The workers are gone, and every session's state with them: none is live now
+                # (statistics().sessions reads 0). A handle's calls raise PoolClosed from here on.
+                self._sessions.clear()
                 self._fsm.fire(PoolEvent.CLOSED)
                 self._notify_changed()
             with anyio.CancelScope(shield=True):
@@ -728,7 +731,7 @@ class Pool:
             handle.binding = binding
         if binding.lost is not None and binding.mode != "hint":
             raise SessionLost(
-                f"its worker is gone ({binding.lost}), and its state with it; end the session to start over",
+                f"its worker is gone ({binding.lost}), and its state with it",
                 key=key,
                 reason=binding.lost,
                 target=name,
@@ -1744,7 +1747,14 @@ class Pool:
             self._log.info(
                 "worker failed to start", worker_id=worker.id, error=str(startup_error).splitlines()[0]
             )
-            if self._consecutive_startup_failures >= self.config.max_startup_failures:
+            # Only the failure that reaches the limit breaks the pool. Starts already in flight
+            # then (min_workers above the limit, a scale-up) may fail too: they count in
+            # statistics().startup_failures, but must not replace the PoolFailed, whose count
+            # would then exceed the limit it reports.
+            if (
+                self._failure is None
+                and self._consecutive_startup_failures >= self.config.max_startup_failures
+            ):
                 self._break(PoolFailed(self.name, self._consecutive_startup_failures, startup_error))
         elif worker.state is WorkerState.FAILED and not self._hard_closing:
             self._worker_crashes += 1  # logged by the log sink, from WorkerExited

@@ -13,17 +13,20 @@ import pytest
 
 from _util import scaled, wait_until
 from poolkit import (
+    Event,
     Phase,
     Pool,
     PoolClosed,
     PoolConfig,
     PoolFailed,
     PoolState,
+    PoolStateChanged,
     WorkerCrashed,
     WorkerStartupError,
     WorkerState,
 )
 from poolkit._transport import Connection
+from poolkit.testing import MockScript
 from poolkit.testing._bridge import BridgeLauncher, _FakeWorker, _MemoryConnection
 from unit._targets import RUNS, TARGET, Outcome, add, crash_segv, new_gate, record, wait_for
 
@@ -148,6 +151,77 @@ async def test_startup_failures_at_run_time_fail_the_pool() -> None:
             assert stats.worker_starts == 3
     assert pool.state is PoolState.CLOSED
     assert RUNS["stranded"] == 0
+    assert all_exited(launcher)
+
+
+@pytest.mark.parametrize("layer", ["mock", "bridge"])
+async def test_overlapping_startup_failures_report_the_limit_they_reached(layer: str) -> None:
+    """min_workers above max_startup_failures: the starts overlap, and more of them fail than
+    the limit allows. The pool fails once, at the failure that reaches the limit: PoolFailed
+    says exactly max_startup_failures, not a count inflated by the starts still in flight, and
+    no start is begun after it (at most one replacement per failure before it)."""
+    if layer == "mock":
+        pool = Pool(
+            worker_factory=MockScript(startup_error="No module named nope").factory(),
+            min_workers=5,
+            max_startup_failures=3,
+        )
+    else:
+        pool = Pool(
+            launcher=BridgeLauncher(startup_error="No module named nope"),
+            min_workers=5,
+            max_startup_failures=3,
+        )
+    events: list[Event] = []
+    pool.subscribe(events.append)
+    with anyio.fail_after(scaled(10)):
+        with pytest.raises(PoolFailed) as info:
+            async with pool:
+                pass
+    err = info.value
+    assert err.failures == 3
+    assert "after 3 consecutive worker startup failures" in str(err)
+    assert isinstance(err.cause, WorkerStartupError)
+    failed = [e for e in events if isinstance(e, PoolStateChanged) and e.to_state is PoolState.FAILED]
+    assert len(failed) == 1 and "after 3 consecutive" in failed[0].reason
+    stats = pool.statistics()
+    assert 3 <= stats.startup_failures <= stats.worker_starts <= 5 + (3 - 1)
+    assert stats.state is PoolState.CLOSED and stats.workers == ()
+
+
+async def test_overlapping_startup_failures_at_run_time_count_true_but_fail_once() -> None:
+    """Scale-up starts several workers at once and they all fail to start: every failure counts
+    in statistics().startup_failures, but the pool failed at the third (max_startup_failures),
+    and its PoolFailed keeps saying 3 however many starts in flight then fail after it."""
+    launcher = BridgeLauncher()
+    pool = Pool(launcher=launcher, min_workers=1, max_workers=6, pipeline_depth=1, max_startup_failures=3)
+    with anyio.fail_after(scaled(10)):
+        async with pool:
+            busy = pool.workers()[0].id
+            launcher.startup_error = "No module named nope"
+            gate = new_gate("held")
+            held, queued = Outcome(), [Outcome() for _ in range(5)]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(held.capture, pool.call, wait_for, "held", "done")
+                await gate.entered.wait()  # the only worker is busy: more calls scale the pool up
+                for i, outcome in enumerate(queued):
+                    tg.start_soon(outcome.capture, pool.call, record, f"stranded-{i}")
+                await wait_until(
+                    lambda: pool.state is PoolState.FAILED and [w.id for w in pool.workers()] == [busy],
+                    10,
+                    "the pool to fail and every start in flight to end",
+                )
+                gate.release.set()
+            stats = pool.statistics()
+            assert stats.startup_failures == stats.worker_starts - 1 > 3  # each failed start counted
+            assert held.value == "done"  # the call already running is not failed by it
+            for outcome in queued:
+                assert isinstance(outcome.error, PoolFailed) and outcome.error.failures == 3
+            with pytest.raises(PoolFailed) as info:
+                await pool.call(add, 1, 2)
+            assert info.value.failures == 3
+            assert "after 3 consecutive worker startup failures" in str(info.value)
+    assert all(RUNS[f"stranded-{i}"] == 0 for i in range(5))
     assert all_exited(launcher)
 
 

@@ -25,6 +25,7 @@ from poolkit import (
     FailureKind,
     Phase,
     Pool,
+    PoolClosed,
     PoolSession,
     SessionBound,
     SessionEnded,
@@ -408,6 +409,75 @@ async def test_strict_queue_call_parked_for_a_worker_that_dies_is_lost(layer: st
             assert pool.statistics().queued == 0
 
 
+async def test_strict_session_lost_to_a_stopped_worker_says_what_happened_and_what_to_do(
+    layer: str,
+) -> None:
+    """A strict session's running call is cancelled, so the pool stops its worker (reason
+    "stopped"): the waiting call and the next one raise SessionLost whose message says why the
+    worker went and what to do (end the session, start a new one with empty state); ending the
+    session does start it afresh."""
+    with anyio.fail_after(scaled(10)):
+        async with make_pool(layer) as pool:
+            s = pool.session("k", mode="strict_queue")
+            assert await s.call(T.remember, 1) == [1]
+            gate = new_gate("running")
+            running, waiting = Outcome(), Outcome()
+            scope = anyio.CancelScope()
+
+            async def cancelled_caller() -> None:
+                with scope:
+                    await running.capture(s.call, gated_remember, "running", 2)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancelled_caller)
+                await gate.entered.wait()
+                tg.start_soon(waiting.capture, s.call, T.remember, 3)
+                await wait_until(lambda: pool.statistics().queued == 1, pool=pool)
+                scope.cancel()  # the call is running: its worker is killed to stop it
+            assert scope.cancelled_caught
+            assert where(s)[2] == "stopped"
+            with pytest.raises(SessionLost) as info:
+                await s.call(T.remember, 4)
+            for err in (waiting.error, info.value):
+                assert isinstance(err, SessionLost), err
+                assert (err.reason, err.key) == ("stopped", "k")
+                message = str(err)
+                assert "session 'k': its worker" in message and "(stopped), and its state with it" in message
+                stopped = "The pool stopped the worker to end a call on it that timed out or was cancelled."
+                assert stopped in message
+                assert "calls raise SessionLost until it is ended" in message
+                assert "end it with pool.end_session('k') (or close its handle)" in message
+                assert "start a new session, which starts with empty state" in message
+            pool.end_session("k")
+            assert await s.call(T.remember, 5) == [5]
+
+
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        ("crashed", "The worker process died"),
+        ("unresponsive", "stopped answering heartbeats"),
+        ("protocol", "sent invalid frames"),
+        ("resource_exhausted", "recycle.memory_limit"),
+        ("recycled", "recycle.session_drain_timeout passed"),
+        ("stopped", "timed out or was cancelled"),
+        ("expired", "This handle stays lost: open a new session with pool.session('k')"),
+    ],
+)
+async def test_every_session_lost_reason_says_what_happened_and_what_to_do(reason: str, says: str) -> None:
+    """Each documented SessionLost.reason has its own explanation, and every message ends with
+    what the caller can do about it."""
+    message = str(SessionLost("its state is gone", key="k", reason=reason))
+    assert says in message
+    if reason == "expired":
+        assert message.endswith("which starts with empty state")
+    else:
+        assert message.endswith(
+            "end it with pool.end_session('k') (or close its handle) and start a new session, "
+            "which starts with empty state"
+        )
+
+
 async def test_cancelled_session_call_leaves_the_others_in_order(layer: str) -> None:
     """Cancelling a session call that waits behind the one in hand removes it (it never runs);
     the calls behind it still run, in order, on the session's worker."""
@@ -622,6 +692,26 @@ async def test_end_session_waits_for_the_calls_in_hand(layer: str) -> None:
             assert (ended.key, ended.reason) == ("e", "closed")
             assert pool.statistics().sessions == 0
             assert await pool.call(T.remember, 2, session="e") == [2]
+
+
+async def test_closing_the_pool_leaves_no_session_counted(layer: str) -> None:
+    """Closing the pool ends every session with its workers: statistics().sessions reads 0
+    afterwards (it counted a live and a lost session before), and a handle's call raises
+    PoolClosed."""
+    with anyio.fail_after(scaled(10)):
+        async with make_pool(layer) as pool:
+            live = pool.session("live")
+            assert await live.call(T.remember, 1) == [1]
+            lost = pool.session("lost", mode="strict_queue")
+            assert await lost.call(T.remember, 1) == [1]
+            assert lost.worker_id != live.worker_id  # sessions spread over the two workers
+            await FaultInjector(pool).crash(lost.worker_id)
+            await wait_until(lambda: lost.lost == "crashed", pool=pool, describe="the session lost")
+            assert pool.statistics().sessions == 2
+        assert pool.statistics().sessions == 0
+        with pytest.raises(PoolClosed):
+            await live.call(T.remember, 2)
+        await live.aclose()  # ending a session of a closed pool is harmless
 
 
 # ---- limits and keys -----------------------------------------------------------------------------
