@@ -229,6 +229,7 @@ class Pool:
         self._sched: Scheduler[Worker] = Scheduler(config.pipeline_limit)
         self._queue: collections.deque[Call] = collections.deque()
         self._room_waiters: collections.deque[_native.Event] = collections.deque()
+        self._room_promised = 0  # waiters woken for room that have not yet taken it
         self._changed: anyio.Event | None = None
         self._failure: PoolFailed | None = None
         self._consecutive_startup_failures = 0
@@ -509,7 +510,7 @@ class Pool:
         call got; cancelling the caller removes or stops the call (see ``docs/errors.md``).
         """
         call = self._make_call(target, args, kwargs, timeout, idempotent=idempotent, session=session)
-        if self._room_waiters or not self._has_room():
+        if self._room_waiters or self._room_promised or not self._has_room():
             await self._admit(call)
         else:  # room now: no waiting, so no coroutine for it (the per-call path, item 15)
             self._saturated = False
@@ -778,7 +779,7 @@ class Pool:
         queues behind them even if a slot is free right now, so no early caller is starved
         by later ones racing for each freed slot.
         """
-        if self._room_waiters or not self._has_room():
+        if self._room_waiters or self._room_promised or not self._has_room():
             if not self._saturated:
                 self._saturated = True
                 self._emit(
@@ -1513,11 +1514,15 @@ class Pool:
         admitted = False
         try:
             while True:
-                if call.deadline is None:
-                    await ticket.wait()
-                else:
-                    with anyio.CancelScope(deadline=call.deadline):
+                try:
+                    if call.deadline is None:
                         await ticket.wait()
+                    else:
+                        with anyio.CancelScope(deadline=call.deadline):
+                            await ticket.wait()
+                finally:
+                    if ticket.is_set():  # the room promised to this ticket is taken or passed on
+                        self._room_promised -= 1
                 self._check_open()
                 if not ticket.is_set():  # the deadline passed while waiting
                     self._timed_out += 1
@@ -1534,15 +1539,31 @@ class Pool:
                 self._notify_room()  # we were woken but are leaving: pass the turn on
 
     def _notify_room(self) -> None:
-        """Wake the first waiter in line if there is room (all of them if the pool stopped
-        accepting calls, so each sees why)."""
+        """Wake as many waiters, first in line first, as there is room for (all of them if the
+        pool stopped accepting calls, so each sees why).
+
+        Room for n is promised to n waiters at once (``_room_promised``, which keeps newcomers
+        in line behind them until they have taken it). Waking one waiter per free slot made
+        each admission wait for the previous one's trip round the event loop: 10,000 callers
+        waiting for room paid a loop iteration each, one after another (docs/performance.md
+        item 16).
+        """
         waiters = self._room_waiters
         if not waiters:
             return
         if not self._fsm.state.accepts_calls:
             while waiters:
+                self._room_promised += 1
                 waiters.popleft().set()
-        elif self._has_room():
+            return
+        free = self.config.max_queue - len(self._queue) - self._session_waiting - self._room_promised
+        if free <= 0:
+            # No queue slot: with max_queue=0 (or a full queue) an idle worker is room for one.
+            if self._room_promised or self._sched.pick() is None:
+                return
+            free = 1
+        for _ in range(min(free, len(waiters))):
+            self._room_promised += 1
             waiters.popleft().set()
 
     def _notify_changed(self) -> None:

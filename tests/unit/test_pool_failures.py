@@ -692,3 +692,49 @@ async def test_callers_waiting_for_room_are_admitted_first_come_first_served() -
                     await wait_until(lambda i=i: pool.statistics().waiting == i, 10, f"caller {i} waiting")  # type: ignore[misc]
                 gate.release.set()
     assert order == [0, 1, 2, 3, 4, 5]
+
+
+async def test_room_for_several_is_given_to_that_many_waiting_callers_before_newcomers() -> None:
+    """Two queued calls are cancelled at once: both callers first in line are woken together
+    (not one per trip round the event loop, which made 10,000 waiting callers get in one
+    after another), and a caller arriving just then queues behind them instead of taking the
+    room they were woken for."""
+    gate = new_gate("several")
+    order: list[int] = []
+    async with Pool(
+        min_workers=1, pipeline_depth=1, max_queue=2, queue_policy="wait", launcher=BridgeLauncher()
+    ) as pool:
+        with anyio.fail_after(scaled(20)):
+            async with anyio.create_task_group() as tg:
+                doomed = [anyio.CancelScope(), anyio.CancelScope()]
+
+                async def queued(i: int) -> None:
+                    with doomed[-1 - i]:
+                        await pool.call(echo, i)
+
+                async def caller(i: int) -> None:
+                    order.append(await pool.call(echo, i))
+
+                tg.start_soon(pool.call, wait_for, "several")  # occupies the worker
+                await wait_until(lambda: pool.statistics().in_flight == 1, 10, "worker busy")
+                tg.start_soon(queued, -1)
+                tg.start_soon(queued, -2)
+                await wait_until(lambda: pool.statistics().queued == 2, 10, "queue full")
+                for i in (0, 1):
+                    tg.start_soon(caller, i)
+                    await wait_until(
+                        lambda i=i: pool.statistics().waiting == i + 1, 10, f"caller {i} waiting"
+                    )  # type: ignore[misc]
+                for scope in doomed:  # two slots free at once
+                    scope.cancel()
+                tg.start_soon(caller, 2)  # a newcomer, right behind the wake-up
+                await wait_until(
+                    lambda: (s := pool.statistics()).cancelled == 2 and s.queued == 2,
+                    10,
+                    "the woken callers queued",
+                )
+                assert pool.statistics().waiting == 1  # the newcomer, in line
+                gate.release.set()
+    # Both woken callers ran before the newcomer (trio may resume the two in either order).
+    assert sorted(order[:2]) == [0, 1] and order[2] == 2
+    assert pool.statistics().cancelled == 2
