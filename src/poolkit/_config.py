@@ -3,6 +3,14 @@
 Why pydantic: invalid configuration must fail where it is written, naming the field
 (``PoolConfig(min_workers=0)`` says ``min_workers``), not as a hang or an obscure error at
 the first call. Models are frozen so a running pool can never see its config change.
+
+Scalar fields are strict (``StrictInt``, ``StrictFloat``, ``StrictBool``, ``StrictStr``):
+pydantic's lax mode would turn ``"2"`` into ``2``, ``True`` into ``1`` and ``2.0`` into
+``2``, so a value read from an environment variable and never converted, or a flag passed
+where a count belongs, would pass unnoticed. Ints only take ``int`` (not ``bool``), floats
+take ``int`` or ``float`` (not ``bool`` or ``str``), bools only ``bool``, strings only
+``str``. Containers stay lax (a list is a fine ``preload``) and nested policies still take
+dicts, so the models are not strict as a whole (``ConfigDict(strict=True)`` would refuse both).
 """
 
 from __future__ import annotations
@@ -12,7 +20,16 @@ import re
 import sys
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from ._protocol import DEFAULT_MAX_FRAME_SIZE
 
@@ -61,14 +78,14 @@ class WorkerSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    handler: str | None = None
-    preload: tuple[str, ...] = ()
-    command: tuple[str, ...] | None = None
-    python: str = Field(default_factory=lambda: sys.executable)
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
+    handler: StrictStr | None = None
+    preload: tuple[StrictStr, ...] = ()
+    command: tuple[StrictStr, ...] | None = None
+    python: StrictStr = Field(default_factory=lambda: sys.executable)
+    env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    cwd: StrictStr | None = None
     codec: Literal["pickle", "json"] = "pickle"
-    import_main: bool = Field(
+    import_main: StrictBool = Field(
         default=True,
         description="let workers resolve callables defined in the parent's __main__ (as spawn does)",
     )
@@ -106,12 +123,12 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_attempts: int = Field(
+    max_attempts: StrictInt = Field(
         default=3, ge=1, description="attempts in all, the first included; 1: never retry"
     )
-    backoff_initial: float = Field(default=0.05, ge=0)
-    backoff_max: float = Field(default=2.0, ge=0)
-    backoff_multiplier: float = Field(default=2.0, ge=1)
+    backoff_initial: StrictFloat = Field(default=0.05, ge=0)
+    backoff_max: StrictFloat = Field(default=2.0, ge=0)
+    backoff_multiplier: StrictFloat = Field(default=2.0, ge=1)
     jitter: Literal["full", "none"] = "full"
 
 
@@ -124,10 +141,10 @@ class BreakerPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = True
-    failure_threshold: int = Field(default=5, ge=1)
-    reset_timeout: float = Field(default=5.0, gt=0)
-    max_reset_timeout: float = Field(default=60.0, gt=0)
+    enabled: StrictBool = True
+    failure_threshold: StrictInt = Field(default=5, ge=1)
+    reset_timeout: StrictFloat = Field(default=5.0, gt=0)
+    max_reset_timeout: StrictFloat = Field(default=60.0, gt=0)
 
 
 class RestartPolicy(BaseModel):
@@ -138,10 +155,10 @@ class RestartPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backoff_initial: float = Field(default=0.1, ge=0)
-    backoff_max: float = Field(default=5.0, ge=0)
-    max_restarts: int = Field(default=30, ge=1)
-    window: float = Field(default=60.0, gt=0)
+    backoff_initial: StrictFloat = Field(default=0.1, ge=0)
+    backoff_max: StrictFloat = Field(default=5.0, ge=0)
+    max_restarts: StrictInt = Field(default=30, ge=1)
+    window: StrictFloat = Field(default=60.0, gt=0)
 
 
 class RecyclePolicy(BaseModel):
@@ -157,12 +174,12 @@ class RecyclePolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_calls: int | None = Field(default=None, ge=1)
-    max_lifetime: float | None = Field(default=None, gt=0, description="seconds")
-    max_memory: int | None = Field(default=None, ge=1, description="bytes of RSS: recycle gracefully")
-    memory_limit: int | None = Field(default=None, ge=1, description="bytes of RSS: kill now")
-    jitter: float = Field(default=0.1, ge=0, lt=1)
-    session_drain_timeout: float = Field(
+    max_calls: StrictInt | None = Field(default=None, ge=1)
+    max_lifetime: StrictFloat | None = Field(default=None, gt=0, description="seconds")
+    max_memory: StrictInt | None = Field(default=None, ge=1, description="bytes of RSS: recycle gracefully")
+    memory_limit: StrictInt | None = Field(default=None, ge=1, description="bytes of RSS: kill now")
+    jitter: StrictFloat = Field(default=0.1, ge=0, lt=1)
+    session_drain_timeout: StrictFloat = Field(
         default=30.0, ge=0, description="a recycled worker keeps serving its sessions this long"
     )
 
@@ -177,9 +194,9 @@ class SessionPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     mode: AffinityMode = "hint"
-    ttl: float | None = Field(default=600.0, gt=0)
-    max_sessions: int = Field(default=100_000, ge=1, description="live sessions in the pool")
-    max_per_worker: int = Field(default=10_000, ge=1, description="live sessions bound to one worker")
+    ttl: StrictFloat | None = Field(default=600.0, gt=0)
+    max_sessions: StrictInt = Field(default=100_000, ge=1, description="live sessions in the pool")
+    max_per_worker: StrictInt = Field(default=10_000, ge=1, description="live sessions bound to one worker")
 
 
 class TelemetryPolicy(BaseModel):
@@ -193,9 +210,9 @@ class TelemetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    traces: bool = True
-    metrics: bool = True
-    log_calls: bool = False
+    traces: StrictBool = True
+    metrics: StrictBool = True
+    log_calls: StrictBool = False
 
 
 # Depth 32 takes the parent's CPU per trivial call from ~44 us (depth 2) to ~21 us: fewer
@@ -208,30 +225,30 @@ class PoolConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str | None = Field(default=None, description="shown in errors, logs and repr")
-    min_workers: int = Field(default_factory=_default_workers, ge=1)
-    max_workers: int | None = Field(default=None, ge=1, description="default: min_workers")
+    name: StrictStr | None = Field(default=None, description="shown in errors, logs and repr")
+    min_workers: StrictInt = Field(default_factory=_default_workers, ge=1)
+    max_workers: StrictInt | None = Field(default=None, ge=1, description="default: min_workers")
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
 
-    max_queue: int = Field(default=10_000, ge=0, description="calls waiting for a worker")
+    max_queue: StrictInt = Field(default=10_000, ge=0, description="calls waiting for a worker")
     queue_policy: Literal["wait", "reject"] = Field(
         default="wait", description="when the queue is full: wait for room, or raise QueueFull"
     )
-    default_timeout: float | None = Field(default=None, gt=0, description="per-call deadline")
-    pipeline_depth: int = Field(
+    default_timeout: StrictFloat | None = Field(default=None, gt=0, description="per-call deadline")
+    pipeline_depth: StrictInt = Field(
         default=2,
         ge=1,
         le=64,
         description="calls sent to one worker before earlier ones return; >1 hides round trips",
     )
-    max_pipeline_depth: int | None = Field(
+    max_pipeline_depth: StrictInt | None = Field(
         default=None,
         ge=1,
         le=1024,
         description="a worker serving fast calls may hold up to this many (adaptive window, "
         "docs/architecture.md); default 32, or pipeline_depth when that is set explicitly",
     )
-    pipeline_budget: float = Field(
+    pipeline_budget: StrictFloat = Field(
         default=0.001,
         gt=0,
         description="beyond pipeline_depth, a worker takes more calls only while the work it "
@@ -240,16 +257,16 @@ class PoolConfig(BaseModel):
 
     # Durations that bound a wait in closing or starting must be finite: an infinite one is
     # a hang the caller asked for by accident (math.inf passes a `> 0` check).
-    startup_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
-    kill_grace: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="SIGTERM to SIGKILL")
-    drain_timeout: float = Field(
+    startup_timeout: StrictFloat = Field(default=60.0, gt=0, allow_inf_nan=False)
+    kill_grace: StrictFloat = Field(default=1.0, ge=0, allow_inf_nan=False, description="SIGTERM to SIGKILL")
+    drain_timeout: StrictFloat = Field(
         default=30.0, ge=0, allow_inf_nan=False, description="closing waits this long for calls"
     )
-    max_frame_size: int = Field(default=DEFAULT_MAX_FRAME_SIZE, ge=1024)
-    max_startup_failures: int = Field(
+    max_frame_size: StrictInt = Field(default=DEFAULT_MAX_FRAME_SIZE, ge=1024)
+    max_startup_failures: StrictInt = Field(
         default=3, ge=1, description="consecutive startup failures before the pool fails"
     )
-    heartbeat_interval: float | None = Field(
+    heartbeat_interval: StrictFloat | None = Field(
         default=5.0,
         ge=0.05,
         allow_inf_nan=False,
@@ -258,13 +275,13 @@ class PoolConfig(BaseModel):
         "worker's heartbeat thread (which wakes every interval/4) could not answer in time on "
         "a loaded machine, so healthy workers would be killed as unresponsive",
     )
-    heartbeat_misses: int = Field(
+    heartbeat_misses: StrictInt = Field(
         default=2,
         ge=2,
         description="intervals of silence after which a worker is unresponsive (>= 2: a worker "
         "busy with a call answers from its heartbeat thread within about half an interval)",
     )
-    idle_timeout: float = Field(
+    idle_timeout: StrictFloat = Field(
         default=60.0, gt=0, description="workers above min_workers idle this long are retired"
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pydantic
@@ -125,3 +126,98 @@ def test_config_of_the_wrong_type_is_a_type_error(config: Any) -> None:
     "'dict' object has no attribute 'name'")."""
     with pytest.raises(TypeError, match="config must be a PoolConfig, not"):
         Pool(config)
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc", "error_type"),
+    [
+        # int fields take only int: not a numeric string, not a bool (an int subclass), not an
+        # integral float.
+        pytest.param({"min_workers": "2"}, ("min_workers",), "int_type", id="int-from-str"),
+        pytest.param({"min_workers": True}, ("min_workers",), "int_type", id="int-from-bool"),
+        pytest.param({"min_workers": 2.0}, ("min_workers",), "int_type", id="int-from-float"),
+        pytest.param({"max_workers": "4"}, ("max_workers",), "int_type", id="optional-int-from-str"),
+        pytest.param({"max_queue": False}, ("max_queue",), "int_type", id="int-from-false"),
+        pytest.param(
+            {"retry": {"max_attempts": "3"}}, ("retry", "max_attempts"), "int_type", id="nested-int"
+        ),
+        pytest.param(
+            {"recycle": {"max_memory": 1e9}}, ("recycle", "max_memory"), "int_type", id="bytes-from-float"
+        ),
+        # float fields take int or float: not a string, not a bool.
+        pytest.param({"startup_timeout": "1"}, ("startup_timeout",), "float_type", id="float-from-str"),
+        pytest.param({"startup_timeout": True}, ("startup_timeout",), "float_type", id="float-from-bool"),
+        pytest.param(
+            {"default_timeout": "1.5"}, ("default_timeout",), "float_type", id="optional-float-from-str"
+        ),
+        pytest.param(
+            {"heartbeat_interval": True}, ("heartbeat_interval",), "float_type", id="optional-float-from-bool"
+        ),
+        pytest.param({"sessions": {"ttl": "60"}}, ("sessions", "ttl"), "float_type", id="nested-float"),
+        # bool fields take only bool.
+        pytest.param({"breaker": {"enabled": 1}}, ("breaker", "enabled"), "bool_type", id="bool-from-int"),
+        pytest.param(
+            {"breaker": {"enabled": "yes"}}, ("breaker", "enabled"), "bool_type", id="bool-from-str"
+        ),
+        pytest.param(
+            {"telemetry": {"log_calls": 0}}, ("telemetry", "log_calls"), "bool_type", id="bool-from-0"
+        ),
+        pytest.param(
+            {"worker": {"import_main": "false"}}, ("worker", "import_main"), "bool_type", id="worker-bool"
+        ),
+        # str fields take only str (lax mode decodes bytes).
+        pytest.param({"name": b"pool"}, ("name",), "string_type", id="str-from-bytes"),
+        pytest.param(
+            {"worker": {"preload": [b"json"]}}, ("worker", "preload", 0), "string_type", id="tuple-item"
+        ),
+        pytest.param({"worker": {"env": {"K": b"v"}}}, ("worker", "env", "K"), "string_type", id="env-value"),
+        # Literal fields never coerced; kept here so that stays true.
+        pytest.param({"queue_policy": b"wait"}, ("queue_policy",), "literal_error", id="literal-from-bytes"),
+    ],
+)
+def test_values_are_not_coerced_from_other_types(
+    fields: dict[str, Any], loc: tuple[str | int, ...], error_type: str
+) -> None:
+    """A value of the wrong type is refused, not converted: ``min_workers="2"`` is an
+    environment variable read and never parsed, ``min_workers=True`` a flag passed where a
+    count belongs. The ValidationError locates the field, from PoolConfig(...), from
+    Pool(**fields) and as an override of an existing config."""
+    attempts: list[Callable[[], object]] = [
+        lambda: PoolConfig(**fields),
+        lambda: Pool(launcher=BridgeLauncher(), **fields),
+        lambda: Pool(PoolConfig(min_workers=1), launcher=BridgeLauncher(), **fields),
+    ]
+    for attempt in attempts:
+        with pytest.raises(pydantic.ValidationError) as info:
+            attempt()
+        assert [(e["loc"], e["type"]) for e in info.value.errors()] == [(loc, error_type)]
+        assert str(loc[-1]) in str(info.value)
+
+
+def test_strict_fields_still_accept_their_own_types() -> None:
+    """Strict scalars refuse other types only: an int is a fine number of seconds (kept as a
+    float), sequences may be lists or tuples, nested policies may be dicts or models, and a
+    config survives the dump-and-revalidate of Pool(config, **overrides)."""
+    config = PoolConfig(
+        min_workers=2,
+        startup_timeout=5,
+        default_timeout=3,
+        heartbeat_interval=1,
+        worker={"preload": ["json"], "command": ["python3", "-m", "w"], "import_main": False},  # type: ignore[arg-type]
+        retry={"max_attempts": 2, "backoff_max": 1},  # type: ignore[arg-type]
+        breaker={"enabled": False},  # type: ignore[arg-type]
+        recycle={"max_memory": 2**30, "max_lifetime": 60},  # type: ignore[arg-type]
+    )
+    assert config.startup_timeout == 5.0 and isinstance(config.startup_timeout, float)
+    assert isinstance(config.default_timeout, float) and isinstance(config.heartbeat_interval, float)
+    assert config.worker.preload == ("json",)
+    assert config.worker.command == ("python3", "-m", "w")
+    assert config.worker.import_main is False
+    assert (config.retry.max_attempts, config.retry.backoff_max) == (2, 1.0)
+    assert config.breaker.enabled is False
+    assert config.recycle.max_memory == 2**30
+    assert WorkerSpec(preload=("json", "os"), command=("w",)).preload == ("json", "os")
+    pool = Pool(config, launcher=BridgeLauncher(), name="strict", max_workers=3, kill_grace=2)
+    assert pool.config.worker == config.worker
+    assert (pool.config.max_workers, pool.config.kill_grace) == (3, 2.0)
+    assert pool.config.retry == config.retry
