@@ -722,9 +722,7 @@ async def test_room_for_several_is_given_to_that_many_waiting_callers_before_new
                 await wait_until(lambda: pool.statistics().queued == 2, 10, "queue full")
                 for i in (0, 1):
                     tg.start_soon(caller, i)
-                    await wait_until(
-                        lambda i=i: pool.statistics().waiting == i + 1, 10, f"caller {i} waiting"
-                    )  # type: ignore[misc]
+                    await wait_until(lambda n=i + 1: pool.statistics().waiting == n, 10, "callers waiting")  # type: ignore[misc]
                 for scope in doomed:  # two slots free at once
                     scope.cancel()
                 tg.start_soon(caller, 2)  # a newcomer, right behind the wake-up
