@@ -3,7 +3,10 @@
 The pool tells the scheduler each worker's load (calls in flight) and whether it can take
 calls; the scheduler answers "least loaded worker with room", or None. Workers are kept in
 buckets by load, so a decision costs O(pipeline depth), not O(workers): dispatch stays flat
-as the pool grows (a later issue holds it to that at 256 workers).
+as the pool grows (a later issue holds it to that at 256 workers). ``_low`` remembers the
+lowest bucket that may hold a worker, so a pick usually looks at one bucket, not up to
+``depth`` of them: with the adaptive window (depth 32) and busy workers the scan cost ~180
+bytecodes per call, the most of any step (docs/performance.md item 16).
 
 Within a bucket the oldest entry wins, which spreads calls round-robin over idle workers
 instead of hammering the first one.
@@ -20,7 +23,7 @@ _W = TypeVar("_W", bound=Hashable)
 
 
 class Scheduler(Generic[_W]):
-    __slots__ = ("_buckets", "_depth", "_where")
+    __slots__ = ("_buckets", "_depth", "_low", "_where")
 
     def __init__(self, depth: int) -> None:
         if depth < 1:
@@ -29,6 +32,7 @@ class Scheduler(Generic[_W]):
         # _buckets[n] holds the available workers with n calls in flight (dicts keep order).
         self._buckets: list[dict[_W, None]] = [{} for _ in range(depth)]
         self._where: dict[_W, int] = {}
+        self._low = 0  # every bucket below this one is empty
 
     @property
     def depth(self) -> int:
@@ -49,6 +53,8 @@ class Scheduler(Generic[_W]):
         if available and load < self._depth:
             self._buckets[load][worker] = None
             self._where[worker] = load
+            if load < self._low:
+                self._low = load
 
     def remove(self, worker: _W) -> None:
         self.update(worker, 0, available=False)
@@ -57,14 +63,15 @@ class Scheduler(Generic[_W]):
         """The least-loaded available worker, or None when every worker is full."""
         if not self._where:
             return None
-        for bucket in self._buckets:
-            if bucket:
-                return next(iter(bucket))
-        return None
+        buckets, low = self._buckets, self._low
+        while not buckets[low]:  # ends: some worker is available, so some bucket holds one
+            low += 1
+        self._low = low
+        return next(iter(buckets[low]))
 
     def pick_other(self, avoid: _W) -> _W | None:
         """The least-loaded available worker other than ``avoid`` (a retry goes elsewhere)."""
-        for bucket in self._buckets:
+        for bucket in self._buckets[self._low :]:
             for worker in bucket:
                 if worker != avoid:
                     return worker

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poolkit._scheduler import Scheduler
 
@@ -95,3 +97,39 @@ def test_unavailable_and_removed_workers_are_not_picked() -> None:
     sched.remove("never-seen")
     assert sched.pick() is None
     assert sched.loads() == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    depth=st.integers(1, 6),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["update", "remove", "pick"]), st.integers(0, 4), st.integers(0, 7)),
+        max_size=60,
+    ),
+)
+def test_picks_match_a_full_scan_whatever_the_order_of_updates(
+    depth: int, ops: list[tuple[str, int, int]]
+) -> None:
+    """The scheduler remembers the lowest bucket that may hold a worker instead of scanning
+    every bucket per pick; whatever the updates, its picks equal a full scan's: least loaded
+    first, and within a load the worker that got there first."""
+    sched: Scheduler[int] = Scheduler(depth)
+    model: dict[int, tuple[int, int]] = {}  # worker -> (load, when it entered that load)
+    clock = 0
+    for op, worker, load in ops:
+        if op == "update":
+            clock += 1
+            available = load < depth
+            sched.update(worker, load)
+            model.pop(worker, None)
+            if available:
+                model[worker] = (load, clock)
+        elif op == "remove":
+            sched.remove(worker)
+            model.pop(worker, None)
+        else:
+            expected = min(model, key=model.__getitem__) if model else None
+            assert sched.pick() == expected
+            others = {w: v for w, v in model.items() if w != worker}
+            assert sched.pick_other(worker) == (min(others, key=others.__getitem__) if others else None)
+        assert len(sched) == len(model)
