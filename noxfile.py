@@ -23,6 +23,9 @@ nox.options.sessions = ["lint", "typecheck", "tests", "downstream", "chaos"]
 # from pyproject.toml lingers until `nox --reuse-venv=no` rebuilds. CI starts from a fresh clone
 # with no .nox/, so this never affects CI.
 nox.options.reuse_venv = "yes"
+# Every session runs on 3.11: without that interpreter nox would skip them all and exit 0
+# having tested nothing (it fails only under CI=true). Fail everywhere instead.
+nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
 ROOT = Path(__file__).parent

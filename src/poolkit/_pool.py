@@ -147,7 +147,7 @@ class PoolStatistics:
     startup_failures: int
     waiting: int = 0  # callers waiting for room in a full queue (queue_policy="wait")
     retries: int = 0  # attempts re-sent after a failure
-    recycled: int = 0  # workers retired while healthy (calls, lifetime, memory, generation, idle)
+    recycled: int = 0  # workers retired while healthy (calls, lifetime, memory, generation; not idle)
     unresponsive: int = 0  # workers killed because heartbeats stopped
     sessions: int = 0  # live sessions
     breaker: str = "closed"  # the pool's circuit breaker
