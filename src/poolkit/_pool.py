@@ -2025,7 +2025,7 @@ class Pool:
             worker_starts=self._worker_starts,
             worker_crashes=self._worker_crashes,
             startup_failures=self._startup_failures,
-            waiting=len(self._room_waiters),
+            waiting=len(self._room_waiters) + self._room_promised,  # woken ones wait until they run
             retries=self._retries,
             recycled=self._recycled,
             unresponsive=self._unresponsive,
