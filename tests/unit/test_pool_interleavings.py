@@ -42,9 +42,9 @@ failure), and the pool is closed. Then:
 A draining close (``Close(drain=True)``) must end as soon as every caller has its outcome;
 one that still drains with nothing left is a bug (its ``drain_timeout`` is real time; see below).
 
-Bugs this test found, each with a regression (or xfail) test at the end of the module: a
+Bugs this test found, each with a regression test at the end of the module: a
 worker started late on the clock was found unresponsive (fixed); a call retried while the
-pool drained got no worker (fixed; on trio some schedules still lose it: xfail); a session
+pool drained got no worker (fixed, on both backends); a session
 call admitted after its session ended ran beside the key's next session (fixed); a draining
 close is not woken when its last queued call is cancelled (fixed); a caller waiting for
 admission is never woken when a strict session's waiting calls fail, and admission wedges
@@ -100,7 +100,8 @@ pytestmark = pytest.mark.anyio
 MODES: tuple[AffinityMode, ...] = ("hint", "strict_queue", "strict_fail_fast")
 KEYS = 3  # session keys s0, s1, s2
 HEARTBEAT = 1.0
-#: The property test keeps clear of the open bugs (xfail tests at the end of the module): every
+#: The property test keeps clear of the bugs it found (all fixed; their regression tests end the
+#: module), so a regression shows there rather than as a shrunk random example: every
 #: example's queue has room for all its calls, so no caller waits for admission, and a draining
 #: close left waiting with nothing to drain is cancelled, not reported. ``=1`` puts both back.
 KNOWN_BUGS = bool(os.environ.get("POOLKIT_INTERLEAVINGS_KNOWN_BUGS"))
@@ -429,7 +430,7 @@ class World:
             tg.cancel_scope.cancel()  # the callers give up; the pool is closed without a drain
             return
         if self.pool.state is PoolState.DRAINING:
-            # test_a_draining_close_ends_when_its_last_queued_call_is_cancelled (xfail)
+            # test_a_draining_close_ends_when_its_last_queued_call_is_cancelled (its regression test)
             if self.known_bugs:
                 self.problems.append(
                     "the pool still drains with nothing left to drain: aclose() was not woken "
@@ -761,7 +762,7 @@ async def test_a_session_call_admitted_after_its_session_ended_joins_the_new_one
     assert not problems, "\n".join(problems)
 
 
-# --------------------------------------------------------------------------------- known bugs
+# ----------------------------------------------------------------- regressions (bugs it found)
 async def test_a_draining_close_ends_when_its_last_queued_call_is_cancelled() -> None:
     """The pool drains (aclose) while a call waits in the queue for a worker (the only one
     died twice in a row, so its replacement is delayed); the caller gives up: nothing is left
