@@ -13,6 +13,7 @@ to anyio's own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -42,11 +43,14 @@ class OneShot:
     and cancelling one would wake the other: the pool never does that.
     """
 
-    __slots__ = ("_flag", "_future")
+    __slots__ = ("_flag", "_future", "_loop")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._flag = False
         self._future: asyncio.Future[bool] | None = None
+        # The pool's loop, given once (``current`` binds it): on Python 3.11 every
+        # ``asyncio.get_running_loop()`` is a getpid() system call, once per call's wait.
+        self._loop = loop
 
     def set(self) -> None:
         if not self._flag:
@@ -61,7 +65,8 @@ class OneShot:
     def wait(self) -> asyncio.Future[bool]:
         future = self._future
         if future is None or future.done():  # done and unset: a waiter gave up (cancelled)
-            future = self._future = asyncio.get_running_loop().create_future()
+            loop = self._loop or asyncio.get_running_loop()
+            future = self._future = loop.create_future()
             if self._flag:
                 future.set_result(True)
         return future
@@ -75,7 +80,7 @@ def current() -> tuple[Callable[[], Event], Callable[[], float]]:
     except RuntimeError:
         loop = None
     if loop is not None:
-        return OneShot, loop.time
+        return functools.partial(OneShot, loop), loop.time
     trio = sys.modules.get("trio")
     if trio is not None:
         try:

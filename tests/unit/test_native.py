@@ -13,8 +13,28 @@ from poolkit._native import OneShot, current
 def test_the_pool_uses_it_on_asyncio() -> None:
     async def main() -> None:
         factory, clock = current()
-        assert factory is OneShot
+        assert isinstance(factory(), OneShot)
         assert abs(clock() - asyncio.get_running_loop().time()) < scaled(1)
+
+    asyncio.run(main())
+
+
+def test_the_pools_events_know_their_loop_and_never_look_it_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Python 3.11 ``asyncio.get_running_loop()`` makes a getpid() system call: the pool's
+    per-call events are bound to the loop once, by ``current()``, so a wait never asks."""
+
+    async def main() -> None:
+        factory, _ = current()
+        event = factory()
+
+        def no_lookup() -> asyncio.AbstractEventLoop:
+            raise AssertionError("OneShot.wait() looked the running loop up")
+
+        monkeypatch.setattr(asyncio, "get_running_loop", no_lookup)
+        waiter = event.wait()
+        event.set()
+        assert await asyncio.wait_for(waiter, scaled(5)) is True
+        monkeypatch.undo()
 
     asyncio.run(main())
 
