@@ -1150,6 +1150,10 @@ class Pool:
             )
         )
 
+    @property
+    def observes_calls(self) -> bool:
+        return self._tel.calls
+
     def worker_state_changed(self, worker: Worker, transition: Transition[WorkerState, WorkerEvent]) -> None:
         self._scale_settled = False
         event = transition.event

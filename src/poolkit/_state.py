@@ -7,7 +7,10 @@ derived from the state, never kept as parallel booleans (DESIGN.md, rule 1).
 
 Self-loops (for example BUSY --dispatch--> BUSY while pipelining) are legal but are not
 recorded in the history: the history is for diagnosing lifecycles, and recording every
-dispatch would put an allocation on the hot path for no insight.
+dispatch would put an allocation on the hot path for no insight. For the same reason a
+worker's per-call flip between READY and BUSY goes through :meth:`StateMachine.flip`:
+checked against the table like every change, but not recorded (after 16 calls a 32-entry
+history would hold nothing else), and reported to the hook only when its owner asks.
 """
 
 from __future__ import annotations
@@ -239,6 +242,22 @@ class StateMachine(Generic[_St, _Ev]):
             self._history.append(transition)
             if self.on_change is not None:
                 self.on_change(transition)
+        return new
+
+    def flip(self, event: _Ev, *, report: bool) -> _St:
+        """Apply ``event`` like :meth:`fire`, for a change that happens on every call (a
+        worker's READY <-> BUSY): the table still decides, but the history does not record it,
+        and ``on_change`` hears of it only when ``report`` (the pool asks while it builds call
+        events: those are its only use for it). ~25 bytecodes where :meth:`fire` and the
+        pool's hook take ~100, twice per call."""
+        old = self.state
+        try:
+            new = self._table[(old, event)]
+        except KeyError:
+            raise IllegalTransition(self._name, old, event) from None
+        self.state = new
+        if report and new is not old and self.on_change is not None:
+            self.on_change(Transition(old, new, event, "", self._clock()))
         return new
 
     @property

@@ -77,6 +77,10 @@ class WorkerOwner(Protocol):
     @property
     def clock(self) -> Clock: ...
 
+    @property
+    def observes_calls(self) -> bool:
+        """Does it want every READY <-> BUSY change reported (it builds call events)?"""
+
     def worker_pong(self, worker: Worker) -> None:
         """A heartbeat reply arrived (``worker.rss`` may have changed)."""
 
@@ -234,8 +238,12 @@ class Worker:
     # ---- what the pool asks (all synchronous) ------------------------------------------
     def submit(self, call: Call) -> None:
         """Send ``call`` to this worker. The pool checked :attr:`has_room` first."""
-        if self.fsm.state is not WorkerState.BUSY:  # BUSY + DISPATCH stays BUSY: skip the table
-            self.fsm.fire(WorkerEvent.DISPATCH)  # first: an illegal dispatch must not strand the call
+        fsm = self.fsm
+        state = fsm.state
+        if state is WorkerState.READY:  # the per-call flip (StateMachine.flip)
+            fsm.flip(WorkerEvent.DISPATCH, report=self._owner.observes_calls)
+        elif state is not WorkerState.BUSY:  # BUSY + DISPATCH stays BUSY: skip the table
+            fsm.fire(WorkerEvent.DISPATCH)  # first: an illegal dispatch must not strand the call
         call_id = self._next_id()
         call.call_id = call_id
         call.worker = self
@@ -682,8 +690,12 @@ class Worker:
         return head
 
     def _after_call(self) -> None:
-        if not self._inflight and self.fsm.can(WorkerEvent.IDLE):
-            self.fsm.fire(WorkerEvent.IDLE)
+        if not self._inflight:
+            fsm = self.fsm
+            if fsm.state is WorkerState.BUSY:  # the per-call flip (StateMachine.flip)
+                fsm.flip(WorkerEvent.IDLE, report=self._owner.observes_calls)
+            elif fsm.can(WorkerEvent.IDLE):
+                fsm.fire(WorkerEvent.IDLE)
         self._owner.worker_capacity(self)
 
     def _protocol_fault(self, detail: str) -> None:

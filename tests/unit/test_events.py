@@ -58,6 +58,21 @@ async def test_worker_state_changes_are_emitted_and_events_are_frozen() -> None:
         events[0].pool = "other"  # type: ignore[misc]
 
 
+async def test_a_workers_history_keeps_its_lifecycle_through_many_calls() -> None:
+    """READY <-> BUSY happens on every call, so it is not recorded in a worker's 32-entry
+    history (nobody observing call events): after 100 calls it still shows how the worker
+    started, not the last 16 calls."""
+    async with Pool(min_workers=1, max_workers=1, launcher=BridgeLauncher()) as pool:
+        with anyio.fail_after(scaled(10)):
+            for i in range(100):
+                assert await pool.call(add, i, 1) == i + 1
+        (worker,) = pool._workers.values()
+        W = poolkit.WorkerState
+        steps = [(t.from_state, t.to_state) for t in worker.fsm.history]
+        assert steps == [(W.SPAWNING, W.STARTING), (W.STARTING, W.READY)]
+        assert worker.state is W.READY
+
+
 async def test_unsubscribe_stops_delivery_and_a_failing_listener_does_not_break_the_pool() -> None:
     """A listener that raises is logged and ignored; after unsubscribe a listener gets nothing."""
     seen: list[Event] = []

@@ -194,6 +194,30 @@ def test_self_loops_are_legal_but_not_recorded() -> None:
     assert clock.reads == reads
 
 
+def test_flip_follows_the_table_but_leaves_the_history_and_the_hook_alone_unless_asked() -> None:
+    """``flip`` (a worker's per-call READY <-> BUSY) changes state exactly as ``fire`` would and
+    refuses what the table refuses, but records nothing and reads no clock; the hook hears of
+    it only with ``report=True``, as a Transition like fire's."""
+    clock = FakeClock(5.0)
+    machine = WorkerStateMachine("w1", clock=clock)
+    drive(machine, WORKER_TRANSITIONS, W.READY)
+    heard: list[Transition[WorkerState, WorkerEvent]] = []
+    machine.on_change = heard.append
+    history, reads = machine.history, clock.reads
+    for _ in range(20):
+        assert machine.flip(WE.DISPATCH, report=False) is W.BUSY
+        assert machine.flip(WE.IDLE, report=False) is W.READY
+    assert machine.history == history
+    assert clock.reads == reads
+    assert heard == []
+    assert machine.flip(WE.DISPATCH, report=True) is W.BUSY
+    assert heard == [Transition(W.READY, W.BUSY, WE.DISPATCH, "", 5.0)]
+    assert machine.history == history
+    with pytest.raises(IllegalTransition):
+        machine.flip(WE.HANDSHAKE, report=False)
+    assert machine.state is W.BUSY
+
+
 def test_history_is_bounded_and_keeps_the_latest_changes() -> None:
     """With history=4, only the last four changes are kept, oldest first."""
     clock = FakeClock(0.0)
