@@ -1704,10 +1704,11 @@ class Pool:
         self._notify_changed()
 
     def worker_capacity(self, worker: Worker) -> None:
-        self._sched.update(worker, worker.load, worker.has_room)
-        if worker.parked and worker.load < self.config.pipeline_depth:
+        load = worker.load
+        self._sched.update(worker, load, worker.has_room)
+        if worker.parked and load < self.config.pipeline_depth:
             self._unpark(worker)
-        state = worker.state
+        state = worker.fsm.state
         if state is WorkerState.RETIRING:
             self._progress_retiring(worker, self.clock.now())
         elif state is WorkerState.STOPPING and worker.kill_reason and worker.failure is None:
@@ -1717,7 +1718,7 @@ class Pool:
             self._ensure_workers(self.clock.now(), reason="replace")
         elif worker.calls_completed >= worker.max_calls and state.accepts_calls:
             self._retire(worker, "calls")
-        if not worker.load:
+        if not load and not worker.load:  # (unparking may have sent it calls)
             now = worker.idle_since = self.clock.now()
             if self._idle_due == math.inf and len(self._workers) > self.config.min_workers:
                 self._idle_due = now + self.config.idle_timeout

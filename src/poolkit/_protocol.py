@@ -190,6 +190,9 @@ def decode_payload(data: bytes, codec: int) -> Any:
     raise ValueError(f"unknown payload codec {codec!r}")
 
 
+_tuple_new = tuple.__new__
+
+
 class FrameDecoder:
     """Incremental decoder: feed it bytes as they arrive, get whole frames back.
 
@@ -255,7 +258,8 @@ class FrameDecoder:
                 raise ProtocolViolation(f"unknown frame kind {kind}")
             if flags & _CODEC_MASK not in _CODECS:
                 raise ProtocolViolation(f"unknown payload codec {flags & _CODEC_MASK}")
-            frames.append(Frame(frame_kind, call_id, flags, payload))
+            # tuple.__new__ is what Frame() runs, less its Python-level __new__ frame
+            frames.append(_tuple_new(Frame, (frame_kind, call_id, flags, payload)))
             offset = stop
         if offset:
             del buf[:offset]

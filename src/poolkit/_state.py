@@ -51,28 +51,23 @@ class WorkerState(enum.Enum):
     STOPPED = "stopped"  # exited after the pool asked it to stop or killed it (terminal)
     FAILED = "failed"  # exited without being asked: crash, startup failure (terminal)
 
-    @property
-    def accepts_calls(self) -> bool:
-        return self in _ACCEPTS_CALLS
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in _TERMINAL
-
-    @property
-    def serves_sessions(self) -> bool:
-        """Can take calls of sessions already bound to it (a retiring worker still does)."""
-        return self in _SERVES_SESSIONS
-
-    @property
-    def is_alive(self) -> bool:
-        """The process may still be running (or about to)."""
-        return self not in _TERMINAL
+    # Predicates of the state, set on each member below: plain attributes, not properties,
+    # because the pool reads them several times per call and a property is a Python call.
+    accepts_calls: bool  # can take new calls
+    is_terminal: bool  # the process has exited (STOPPED or FAILED)
+    serves_sessions: bool  # can take calls of sessions already bound to it (RETIRING too)
+    is_alive: bool  # the process may still be running (or about to)
 
 
 _ACCEPTS_CALLS = frozenset({WorkerState.READY, WorkerState.BUSY})
 _SERVES_SESSIONS = frozenset({WorkerState.READY, WorkerState.BUSY, WorkerState.RETIRING})
 _TERMINAL = frozenset({WorkerState.STOPPED, WorkerState.FAILED})
+for _state in WorkerState:
+    _state.accepts_calls = _state in _ACCEPTS_CALLS
+    _state.is_terminal = _state in _TERMINAL
+    _state.serves_sessions = _state in _SERVES_SESSIONS
+    _state.is_alive = _state not in _TERMINAL
+del _state
 
 
 class WorkerEvent(enum.Enum):
@@ -144,9 +139,12 @@ class PoolState(enum.Enum):
     DRAINING = "draining"
     CLOSED = "closed"
 
-    @property
-    def accepts_calls(self) -> bool:
-        return self is PoolState.RUNNING
+    accepts_calls: bool  # RUNNING only; a plain attribute (set below): read on every call
+
+
+for _pool_state in PoolState:
+    _pool_state.accepts_calls = _pool_state is PoolState.RUNNING
+del _pool_state
 
 
 class PoolEvent(enum.Enum):
