@@ -8,9 +8,10 @@ assertion failure in poolkit, never a silent double delivery.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -34,6 +35,9 @@ class CallStatus(enum.Enum):
 
 class Call:
     __slots__ = (
+        "_event",
+        "_loop",
+        "_waiter",
         "admitted_at",
         "attempt",
         "avoid",
@@ -43,7 +47,6 @@ class Call:
         "cpu_ns",
         "deadline",
         "error",
-        "event",
         "ext",
         "idempotent",
         "payload",
@@ -72,6 +75,7 @@ class Call:
         idempotent: bool = False,
         session: Any = None,
         event: Callable[[], Any] = anyio.Event,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.seq = next(_seq)  # pool-wide identity (call_id is per worker)
         self.admitted_at = 0.0
@@ -80,7 +84,14 @@ class Call:
         self.codec = codec
         self.timeout = timeout
         self.deadline = deadline
-        self.event = event()  # the pool passes its loop's native Event (poolkit._native)
+        # How the caller waits (:meth:`wait`). On asyncio (``loop`` given) the call is its own
+        # event: a bare loop future, made when the caller first waits. No event object per
+        # call: while thousands of calls are in hand, each object is one more for the garbage
+        # collector to scan (docs/performance.md item 18). Elsewhere, an ``event()``
+        # (the pool passes its loop's native Event: poolkit._native).
+        self._loop = loop
+        self._waiter: asyncio.Future[bool] | None = None
+        self._event = event() if loop is None else None
         self.status = CallStatus.QUEUED
         self.worker: Worker | None = None
         self.call_id = 0
@@ -111,18 +122,41 @@ class Call:
             return Phase.QUEUED
         return Phase.RUNNING if self.worker.head() is self else Phase.SENT
 
+    def wait(self) -> Awaitable[object]:
+        """What the caller awaits until the call is done (:meth:`succeed` or :meth:`fail`),
+        under its own deadline. One waiter at a time: the pool's caller. A waiter that was
+        cancelled leaves a cancelled future behind; the next wait makes a new one."""
+        loop = self._loop
+        if loop is None:
+            assert self._event is not None
+            return self._event.wait()  # type: ignore[no-any-return]
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = loop.create_future()
+            if self.status is CallStatus.DONE:
+                waiter.set_result(True)
+        return waiter
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(True)
+        elif self._event is not None:
+            self._event.set()
+
     def succeed(self, payload: bytes, codec: int) -> None:
         assert not self.ended, f"call {self.call_id} ended twice"
         self.status = CallStatus.DONE
         self.result = payload
         self.result_codec = codec
-        self.event.set()
+        self._wake()
 
     def fail(self, error: BaseException) -> None:
         assert not self.ended, f"call {self.call_id} ended twice"
         self.status = CallStatus.DONE
         self.error = error
-        self.event.set()
+        self._wake()
 
     def retry(self) -> None:
         """Make a failed call ready to be queued again (the pool decided to retry it)."""
@@ -134,7 +168,9 @@ class Call:
         self.call_id = 0
         self.attempt += 1
         self.run_ns = self.cpu_ns = None
-        self.event = type(self.event)()
+        self._waiter = None
+        if self._event is not None:
+            self._event = type(self._event)()
 
     def abandon(self) -> None:
         """The caller is gone. Only the caller's own task calls this."""

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import anyio
 
-__all__ = ["Event", "current", "forks_from_loop_thread"]
+__all__ = ["Event", "asyncio_loop", "current", "forks_from_loop_thread"]
 
 
 class Event(Protocol):
@@ -90,6 +90,15 @@ def current() -> tuple[Callable[[], Event], Callable[[], float]]:
         else:
             return trio.Event, trio.current_time
     return anyio.Event, anyio.current_time
+
+
+def asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None on any other backend: a pool's calls wait on bare
+    futures of this loop (``Call.wait``), with no event object each."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def forks_from_loop_thread() -> bool:

@@ -25,6 +25,7 @@ is due -- a heartbeat round, a delayed restart, a session TTL, an idle timeout, 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -243,6 +244,7 @@ class Pool:
         # The event loop's own event type and clock, found at start (poolkit._native).
         self._event: Callable[[], _native.Event] = anyio.Event
         self._now: Callable[[], float] = anyio.current_time
+        self._loop: asyncio.AbstractEventLoop | None = None  # asyncio's: calls wait on its futures
         self._rng = rng if rng is not None else random.Random()
         # recovery
         self._breaker = CircuitBreaker("pool", config.breaker, self._on_breaker)
@@ -315,6 +317,7 @@ class Pool:
         self._fsm.fire(PoolEvent.START)
         self._thread = threading.get_ident()
         self._event, self._now = _native.current()
+        self._loop = _native.asyncio_loop()
         if self._own_clock and type(self.clock) is SystemClock:  # not replaced since
             self.clock = SystemClock(self._now)
         self._started_at = self._now()
@@ -515,7 +518,26 @@ class Pool:
         else:  # room now: no waiting, so no coroutine for it (the per-call path, item 15)
             self._saturated = False
             self._enqueue(call)
-        return await self._result(call)
+        if call.session is not None:
+            return await self._result(call, None)
+        # A plain call's first attempt waits right here, and only a failed one goes on to
+        # _result (retries, errors): a coroutine less per call, and one GC-tracked object less
+        # per call in hand (docs/performance.md item 18). _result's loop does the same wait.
+        try:
+            if call.deadline is None:
+                await call.wait()
+            else:
+                with anyio.CancelScope(deadline=call.deadline):
+                    await call.wait()
+        except BaseException:
+            if not call.ended:
+                self._caller_left(call)
+            raise
+        value, error = self._settle(call)
+        if error is None:
+            self._succeeded(call)
+            return value
+        return await self._result(call, error)
 
     def session(self, key: str | int, *, mode: AffinityMode | None = None) -> PoolSession:
         """A handle on session ``key``: its calls run on one worker, in order, one at a time,
@@ -665,6 +687,7 @@ class Pool:
             deadline=deadline,
             idempotent=idempotent,
             event=self._event,
+            loop=self._loop,
         )
         if self._breaker.state is not _CLOSED or (self._tripped and name in self._tripped):
             call.trials = self._check_breakers(name)
@@ -775,9 +798,15 @@ class Pool:
     async def _admit(self, call: Call) -> None:
         """Put ``call`` in the queue, waiting for room (under its deadline) or rejecting.
 
-        Waiting is first come, first served: a caller that finds others already waiting
-        queues behind them even if a slot is free right now, so no early caller is starved
-        by later ones racing for each freed slot.
+        Waiting is first come, first served, in a line of tickets: a caller that finds others
+        already waiting queues behind them even if a slot is free right now, so no early
+        caller is starved by later ones racing for each freed slot. A woken caller that finds
+        the room taken again keeps its place at the front. The wait is inline, not a
+        coroutine of its own: one object less per waiting caller (docs/performance.md item 18).
+
+        A ticket is set only by :meth:`_notify_room`, which takes it out of the line first: so
+        an unset ticket is still in line and a set one is not, and leaving never scans a line
+        that may be ``max_queue`` long (it did, and 20,000 callers at once paid for it).
         """
         if self._room_waiters or self._room_promised or not self._has_room():
             if not self._saturated:
@@ -791,11 +820,37 @@ class Pool:
                         policy=self.config.queue_policy,
                     )
                 )
+            ticket: _native.Event | None = None
             try:
                 if self.config.queue_policy == "reject":
                     raise QueueFull(self.name, self.config.max_queue)
-                await self._wait_for_room(call)
+                waiters = self._room_waiters
+                ticket = self._event()
+                waiters.append(ticket)
+                while True:
+                    try:
+                        if call.deadline is None:
+                            await ticket.wait()
+                        else:
+                            with anyio.CancelScope(deadline=call.deadline):
+                                await ticket.wait()
+                    finally:
+                        if ticket.is_set():  # the room promised to this ticket is taken or passed on
+                            self._room_promised -= 1
+                    self._check_open()
+                    if not ticket.is_set():  # the deadline passed while waiting
+                        self._timed_out += 1
+                        raise QueueTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
+                    if self._has_room():
+                        break
+                    ticket = self._event()
+                    waiters.appendleft(ticket)
             except BaseException:
+                if ticket is not None:
+                    if not ticket.is_set():
+                        self._room_waiters.remove(ticket)  # cancelled or timed out in line: O(line), but rare
+                    else:
+                        self._notify_room()  # we were woken but are leaving: pass the turn on
                 self._end_trials(call, None)
                 if call.session is not None:
                     self._forget_unused(call.session)
@@ -841,35 +896,34 @@ class Pool:
             call.ext = proto.FLAG_TIMING if call.trace is None else proto.FLAG_TIMING | proto.FLAG_TRACE
         self._dispatch()
 
-    async def _result(self, call: Call) -> Any:
+    async def _result(self, call: Call, error: PoolError | None = None) -> Any:
         """Wait for ``call`` to end, retrying it as the recovery table allows; return its
-        value or raise its error.
+        value or raise its error. ``error``: the first attempt already ended with it (a plain
+        call waits for its first attempt in :meth:`call` itself).
 
-        Every path out of here settles the call exactly once in the statistics and the event
-        stream (CallCompleted or CallFailed; CallRetried in between), which is what the
-        harness's history checker verifies.
+        Every path out of here (and out of :meth:`call`'s own first wait) settles the call
+        exactly once in the statistics and the event stream (CallCompleted or CallFailed;
+        CallRetried in between), which is what the harness's history checker verifies.
         """
         try:
             while True:
-                # One attempt: wait for the call's event under its deadline (inline, not a
-                # coroutine of its own: item 15), then read how it ended.
-                try:
-                    if call.deadline is None:
-                        await call.event.wait()
-                    else:
-                        with anyio.CancelScope(deadline=call.deadline):
-                            await call.event.wait()
-                except BaseException:
-                    if not call.ended:
-                        self._caller_left(call)
-                    raise
-                value, error = self._settle(call)
                 if error is None:
-                    self._completed += 1
-                    self._succeeded(call)
-                    if self._tel.calls:
-                        self._emit_completed(call)
-                    return value
+                    # One attempt: wait for the call's event under its deadline (inline, not
+                    # a coroutine of its own: item 15), then read how it ended.
+                    try:
+                        if call.deadline is None:
+                            await call.wait()
+                        else:
+                            with anyio.CancelScope(deadline=call.deadline):
+                                await call.wait()
+                    except BaseException:
+                        if not call.ended:
+                            self._caller_left(call)
+                        raise
+                    value, error = self._settle(call)
+                    if error is None:
+                        self._succeeded(call)
+                        return value
                 self._end_trials(call, error)
                 delay = self._retry_delay(call, error)
                 if delay is None:
@@ -883,6 +937,7 @@ class Pool:
                         )
                     raise error
                 await self._retry(call, error, delay)
+                error = None  # the retry is queued: wait for it
         finally:
             if call.session is not None:
                 self._session_release(call)
@@ -932,7 +987,8 @@ class Pool:
             return None, error
 
     def _succeeded(self, call: Call) -> None:
-        """A call came back: the worker and the target are healthy (breakers, restart pacing)."""
+        """A call came back: count and report it; the worker and the target are healthy
+        (breakers, restart pacing)."""
         self._consecutive_failures = 0
         breaker = self._breaker
         if breaker.failures or breaker.state is not _CLOSED:
@@ -942,6 +998,9 @@ class Pool:
             if target_breaker is not None:
                 target_breaker.success()
         call.trials = ()
+        self._completed += 1
+        if self._tel.calls:
+            self._emit_completed(call)
 
     def _end_trials(self, call: Call, error: PoolError | None) -> None:
         """Feed a failed (or abandoned: ``error`` None) attempt to the breakers."""
@@ -1054,10 +1113,7 @@ class Pool:
         thus ends in exactly one CallCompleted or CallFailed (and its span ends)."""
         if call.status is CallStatus.DONE:
             if call.error is None:
-                self._completed += 1
                 self._succeeded(call)
-                if self._tel.calls:
-                    self._emit_completed(call)
             else:
                 error = call.error
                 self._end_trials(call, error if isinstance(error, PoolError) else None)
@@ -1503,44 +1559,6 @@ class Pool:
         return (
             len(self._queue) + self._session_waiting < self.config.max_queue or self._sched.pick() is not None
         )
-
-    async def _wait_for_room(self, call: Call) -> None:
-        """Wait in line (a FIFO of tickets) until there is room, the deadline passes, or the
-        pool closes. A woken caller that finds the room taken again keeps its place at the front.
-
-        A ticket is set only by :meth:`_notify_room`, which takes it out of the line first: so
-        an unset ticket is still in line and a set one is not, and leaving never scans a line
-        that may be ``max_queue`` long (it did, and 20,000 callers at once paid for it).
-        """
-        waiters = self._room_waiters
-        ticket = self._event()
-        waiters.append(ticket)
-        admitted = False
-        try:
-            while True:
-                try:
-                    if call.deadline is None:
-                        await ticket.wait()
-                    else:
-                        with anyio.CancelScope(deadline=call.deadline):
-                            await ticket.wait()
-                finally:
-                    if ticket.is_set():  # the room promised to this ticket is taken or passed on
-                        self._room_promised -= 1
-                self._check_open()
-                if not ticket.is_set():  # the deadline passed while waiting
-                    self._timed_out += 1
-                    raise QueueTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
-                if self._has_room():
-                    admitted = True
-                    return
-                ticket = self._event()
-                waiters.appendleft(ticket)
-        finally:
-            if not ticket.is_set():
-                waiters.remove(ticket)  # cancelled or timed out in line: O(line), but rare
-            elif not admitted:
-                self._notify_room()  # we were woken but are leaving: pass the turn on
 
     def _notify_room(self) -> None:
         """Wake as many waiters, first in line first, as there is room for (all of them if the

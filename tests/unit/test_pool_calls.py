@@ -57,6 +57,33 @@ async def test_call_returns_the_value_of_a_callable_target() -> None:
             assert await pool.call(len, [1, 2, 3]) == 3
 
 
+async def test_a_plain_call_waits_for_its_first_attempt_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call with no session waits for its first attempt in ``Pool.call`` and returns from
+    there (no ``_result`` coroutine per call, docs/performance.md item 18); a failed one goes
+    on to ``_result``, which counts it, reports it and raises it, as before."""
+    with anyio.fail_after(scaled(10)):
+        async with make_pool() as pool:
+            entered: list[int] = []
+            result = pool._result
+
+            async def counting(call: Any, error: Any = None) -> Any:
+                entered.append(call.seq)
+                return await result(call, error)
+
+            monkeypatch.setattr(pool, "_result", counting)
+            assert [await pool.call(add, i, 1) for i in range(3)] == [1, 2, 3]
+            assert entered == []
+            with pytest.raises(RemoteError, match="nope"):
+                await pool.call(boom, "nope")
+            assert len(entered) == 1
+            async with pool.session("s") as session:  # session calls go through _result
+                args, kwargs = await pool.call(kwargs_echo, 1, session=session)
+                assert args == (1,) and "session" in kwargs
+            assert len(entered) == 2
+            stats = pool.statistics()
+            assert (stats.completed, stats.failed) == (4, 1)
+
+
 async def test_call_resolves_string_targets() -> None:
     """String targets "pkg.mod:func" are imported in the worker ("math:factorial", a test module)."""
     with anyio.fail_after(scaled(10)):

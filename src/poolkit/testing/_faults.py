@@ -418,7 +418,7 @@ class FaultInjector:
         call = self._submit(w, target, args)
         try:
             with anyio.move_on_after(scaled(timeout)):
-                await call.event.wait()
+                await call.wait()
         finally:
             if not call.ended:
                 self.pool._abandon(call, stop_running=True)
