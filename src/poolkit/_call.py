@@ -146,14 +146,25 @@ class Call:
             self._event.set()
 
     def succeed(self, payload: bytes, codec: int) -> None:
-        assert not self.ended, f"call {self.call_id} ended twice"
+        status = self.status  # (not self.ended: a property call, on every call)
+        assert status is not CallStatus.DONE and status is not CallStatus.ABANDONED, (
+            f"call {self.call_id} ended twice"
+        )
         self.status = CallStatus.DONE
         self.result = payload
         self.result_codec = codec
-        self._wake()
+        waiter = self._waiter  # _wake(), inline: this runs once per call
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(True)
+        elif self._event is not None:
+            self._event.set()
 
     def fail(self, error: BaseException) -> None:
-        assert not self.ended, f"call {self.call_id} ended twice"
+        status = self.status  # (not self.ended: a property call, on every call)
+        assert status is not CallStatus.DONE and status is not CallStatus.ABANDONED, (
+            f"call {self.call_id} ended twice"
+        )
         self.status = CallStatus.DONE
         self.error = error
         self._wake()

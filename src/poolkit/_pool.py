@@ -117,6 +117,7 @@ _HEARTBEAT = frozenset({WorkerState.READY, WorkerState.BUSY, WorkerState.RETIRIN
 # (cancelled, timed out, closed) say nothing about it.
 _VERDICT = frozenset({FailureKind.APPLICATION, FailureKind.SERIALIZATION, FailureKind.PAYLOAD_TOO_LARGE})
 _SHUTDOWN_GRACE = 10.0  # seconds a retired worker may take to exit cleanly (teardown) before a kill
+_MAX_NAMES = 256  # target names memoised per pool (Pool._make_call)
 _BLOCK = object()  # _route_session: no worker can take it now; stop dispatching
 _HANDLED = object()  # _route_session: the call was parked or failed
 
@@ -245,6 +246,7 @@ class Pool:
         self._event: Callable[[], _native.Event] = anyio.Event
         self._now: Callable[[], float] = anyio.current_time
         self._loop: asyncio.AbstractEventLoop | None = None  # asyncio's: calls wait on its futures
+        self._names: dict[Any, str] = {}  # target -> what errors and events call it
         self._rng = rng if rng is not None else random.Random()
         # recovery
         self._breaker = CircuitBreaker("pool", config.breaker, self._on_breaker)
@@ -629,7 +631,19 @@ class Pool:
         """``name``: what errors, telemetry, breakers and run-time estimates call the target
         (default: ``target`` described); a map's chunks say whose chunk they are."""
         self._check_open()
-        name = name or describe_target(target)
+        if name is None:
+            # Named once per target, not per call (a Python call and an f-string each time);
+            # the memo starts over past _MAX_NAMES, so targets made on the fly stay bounded.
+            names = self._names
+            try:
+                name = names[target]
+            except KeyError:
+                name = describe_target(target)
+                if len(names) >= _MAX_NAMES:
+                    names.clear()
+                names[target] = name
+            except TypeError:  # an unhashable callable object
+                name = describe_target(target)
         if self._codec == proto.Codec.JSON and not isinstance(target, str):
             raise SerializationError(
                 "the json codec sends targets by name: pass 'pkg.mod:func', not a callable",
@@ -644,53 +658,42 @@ class Pool:
         if session is not None:
             binding = self._binding_for(session, name)
             request.append(binding.key)
+        try:  # (one frame for all of it, not two: this runs once per call)
             try:
-                return self._new_call(target, name, request, timeout, idempotent, binding)
-            except BaseException:
+                payload = proto.encode_payload(request, self._codec)
+            except (Exception, SystemExit) as exc:
+                raise SerializationError(
+                    f"could not encode the call: {type(exc).__name__}: {exc}",
+                    side="parent",
+                    phase=Phase.QUEUED,
+                    target=name,
+                ) from exc
+            limit = self.config.max_frame_size
+            if len(payload) > limit:
+                raise PayloadTooLarge(len(payload), limit, phase=Phase.QUEUED, target=name)
+            if timeout is None:
+                timeout = self.config.default_timeout
+            elif type(timeout) is not float or not timeout > 0:  # rare: ints, bools, NaN, junk
+                timeout = _checked_timeout(timeout)
+            if idempotent is not False and idempotent is not True:  # "no" would be truthy: a retry
+                raise TypeError(f"idempotent must be True or False, not {idempotent!r}")
+            deadline = self._now() + timeout if timeout is not None else None
+            call = Call(
+                name,
+                payload,
+                self._codec,
+                timeout=timeout,
+                deadline=deadline,
+                idempotent=idempotent,
+                event=self._event,
+                loop=self._loop,
+            )
+            if self._breaker.state is not _CLOSED or (self._tripped and name in self._tripped):
+                call.trials = self._check_breakers(name)
+        except BaseException:
+            if binding is not None:  # a session whose first call failed here leaves no record
                 self._forget_unused(binding)
-                raise
-        return self._new_call(target, name, request, timeout, idempotent, None)
-
-    def _new_call(
-        self,
-        target: Any,
-        name: str,
-        request: list[Any],
-        timeout: float | None,
-        idempotent: bool,
-        binding: Binding | None,
-    ) -> Call:
-        try:
-            payload = proto.encode_payload(request, self._codec)
-        except (Exception, SystemExit) as exc:
-            raise SerializationError(
-                f"could not encode the call: {type(exc).__name__}: {exc}",
-                side="parent",
-                phase=Phase.QUEUED,
-                target=name,
-            ) from exc
-        limit = self.config.max_frame_size
-        if len(payload) > limit:
-            raise PayloadTooLarge(len(payload), limit, phase=Phase.QUEUED, target=name)
-        if timeout is None:
-            timeout = self.config.default_timeout
-        elif type(timeout) is not float or not timeout > 0:  # rare: ints, bools, NaN, junk
-            timeout = _checked_timeout(timeout)
-        if idempotent is not False and idempotent is not True:  # "no" would be truthy: a retry
-            raise TypeError(f"idempotent must be True or False, not {idempotent!r}")
-        deadline = self._now() + timeout if timeout is not None else None
-        call = Call(
-            name,
-            payload,
-            self._codec,
-            timeout=timeout,
-            deadline=deadline,
-            idempotent=idempotent,
-            event=self._event,
-            loop=self._loop,
-        )
-        if self._breaker.state is not _CLOSED or (self._tripped and name in self._tripped):
-            call.trials = self._check_breakers(name)
+            raise
         call.session = binding
         return call
 
@@ -955,7 +958,8 @@ class Pool:
         """How an attempt ended, once its event is set or its deadline passed: (value, None)
         or (None, error)."""
         worker = call.worker
-        if not call.ended:
+        status = call.status
+        if status is not CallStatus.DONE and status is not CallStatus.ABANDONED:  # not ended: the deadline
             phase = call.phase
             kind = QueueTimeout if phase is Phase.QUEUED else CallTimeout
             error: PoolError = kind(

@@ -209,3 +209,15 @@ class Outcome:
             self.error = exc
         finally:
             self.ended.set()
+
+
+class Unhashable:
+    """A callable object that cannot be a dict key (``__eq__`` without ``__hash__``)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unhashable)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self, x: int) -> int:
+        return x * 2

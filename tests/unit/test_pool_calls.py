@@ -29,6 +29,7 @@ from unit._targets import (
     RUNS,
     TARGET,
     Counter,
+    Unhashable,
     add,
     boom,
     echo,
@@ -82,6 +83,20 @@ async def test_a_plain_call_waits_for_its_first_attempt_itself(monkeypatch: pyte
             assert len(entered) == 2
             stats = pool.statistics()
             assert (stats.completed, stats.failed) == (4, 1)
+
+
+async def test_targets_are_named_once_and_the_names_kept_are_bounded() -> None:
+    """The pool remembers what it calls each target (errors and events name it), for at most
+    256 targets; an unhashable callable object is named each time instead."""
+    with anyio.fail_after(scaled(30)):
+        async with make_pool() as pool:
+            assert await pool.call(Unhashable(), 21) == 42
+            for i in range(300):  # targets made on the fly
+                assert await pool.call(functools.partial(add, i), 1) == i + 1
+            assert 0 < len(pool._names) <= 256
+            with pytest.raises(RemoteError) as info:
+                await pool.call(boom, "named")
+            assert info.value.target == "unit._targets:boom"
 
 
 async def test_call_resolves_string_targets() -> None:
