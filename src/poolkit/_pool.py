@@ -642,7 +642,7 @@ class Pool:
                 if len(names) >= _MAX_NAMES:
                     names.clear()
                 names[target] = name
-            except TypeError:  # an unhashable callable object
+            except Exception:  # unhashable, or its __hash__/__eq__ raises: named each time
                 name = describe_target(target)
         if self._codec == proto.Codec.JSON and not isinstance(target, str):
             raise SerializationError(

@@ -221,3 +221,13 @@ class Unhashable:
 
     def __call__(self, x: int) -> int:
         return x * 2
+
+
+class HashRaises:
+    """A callable object whose ``__hash__`` raises something other than TypeError."""
+
+    def __hash__(self) -> int:
+        raise ValueError("no hashing here")
+
+    def __call__(self, x: int) -> int:
+        return x + 100

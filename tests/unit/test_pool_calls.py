@@ -29,6 +29,7 @@ from unit._targets import (
     RUNS,
     TARGET,
     Counter,
+    HashRaises,
     Unhashable,
     add,
     boom,
@@ -87,10 +88,11 @@ async def test_a_plain_call_waits_for_its_first_attempt_itself(monkeypatch: pyte
 
 async def test_targets_are_named_once_and_the_names_kept_are_bounded() -> None:
     """The pool remembers what it calls each target (errors and events name it), for at most
-    256 targets; an unhashable callable object is named each time instead."""
+    256 targets; a callable object that cannot be a dict key is named each time instead."""
     with anyio.fail_after(scaled(30)):
         async with make_pool() as pool:
             assert await pool.call(Unhashable(), 21) == 42
+            assert await pool.call(HashRaises(), 1) == 101
             for i in range(300):  # targets made on the fly
                 assert await pool.call(functools.partial(add, i), 1) == i + 1
             assert 0 < len(pool._names) <= 256
