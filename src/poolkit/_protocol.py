@@ -218,16 +218,33 @@ class FrameDecoder:
         then unusable (there is no way to resynchronise a framed byte stream safely).
         """
         buf = self._buf
-        buf += data
         frames: list[Frame] = []
+        if buf:
+            buf += data
+            try:
+                offset = self._parse(buf, frames)
+            except ProtocolViolation as exc:
+                exc.frames = frames
+                raise
+            if offset:
+                del buf[:offset]
+            return frames
+        # Nothing held back: parse ``data`` where it is. A chunk is most often whole frames
+        # (one reply), and each payload is then one copy, not three (into the buffer, out
+        # of it, and the buffer's shift); only a partial frame at the end is kept.
         try:
-            self._parse(buf, frames)
+            offset = self._parse(data, frames)
         except ProtocolViolation as exc:
+            buf += data
             exc.frames = frames
             raise
+        if offset < len(data):
+            buf += memoryview(data)[offset:]
         return frames
 
-    def _parse(self, buf: bytearray, frames: list[Frame]) -> None:
+    def _parse(self, buf: bytes | bytearray, frames: list[Frame]) -> int:
+        """Append the whole frames at the start of ``buf`` to ``frames``; return the bytes they
+        took."""
         offset = 0
         end = len(buf)
         unpack = HEADER.unpack_from
@@ -261,5 +278,4 @@ class FrameDecoder:
             # tuple.__new__ is what Frame() runs, less its Python-level __new__ frame
             frames.append(_tuple_new(Frame, (frame_kind, call_id, flags, payload)))
             offset = stop
-        if offset:
-            del buf[:offset]
+        return offset

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 __all__ = ["WireTap", "Worker", "WorkerOwner"]
 
 _STDERR_TAIL = 20
+# Read once per reply: a module global is one lookup, ``proto.FrameKind.RESULT`` three.
+_RESULT, _ERROR, _FLAG_TIMING = proto.FrameKind.RESULT, proto.FrameKind.ERROR, proto.FLAG_TIMING
+_SENT = CallStatus.SENT
 # Weight of the newest run time in a target's running estimate (the adaptive pipeline window).
 # 1/8 forgets a burst of slow calls within ~40 fast ones, and one slow call alone lifts the
 # estimate at once (100 ms makes it >= 12 ms): the window closes on the first sign of slow calls.
@@ -615,13 +618,13 @@ class Worker:
 
     def _on_frame(self, frame: proto.Frame) -> None:
         kind = frame.kind
-        if kind is proto.FrameKind.RESULT or kind is proto.FrameKind.ERROR:
+        if kind is _RESULT or kind is _ERROR:
             call = self._pop(frame.call_id, kind)
             if call is None:
                 return
             self.calls_completed += 1
             payload = frame.payload
-            if frame.flags & proto.FLAG_TIMING:
+            if frame.flags & _FLAG_TIMING:
                 try:
                     call.run_ns, call.cpu_ns, payload = proto.split_timing(payload)
                 except proto.ProtocolViolation as exc:
@@ -630,8 +633,8 @@ class Worker:
                     return
             if self._adaptive:
                 self._measure(call)
-            if call.status is CallStatus.SENT:
-                if kind is proto.FrameKind.RESULT:
+            if call.status is _SENT:
+                if kind is _RESULT:
                     call.succeed(payload, frame.codec)
                 elif not isinstance(self._json(payload), dict):
                     # A worker that cannot describe its own error is not trustworthy: a
@@ -679,7 +682,7 @@ class Worker:
         costs[name] = ran if old is None else old + (ran - old) * _EWMA_WEIGHT
 
     def _pop(self, call_id: int, kind: proto.FrameKind) -> Call | None:
-        head = self.head()
+        head = next(iter(self._inflight.values()), None)  # self.head(), inline: once per reply
         if head is None or head.call_id != call_id:
             self._protocol_fault(
                 f"{kind.name} for call {call_id}, but the call running is "

@@ -92,6 +92,35 @@ def test_any_chunking_of_a_stream_decodes_to_the_same_frames(
     assert decoder.buffered == 0
 
 
+@given(specs=st.lists(frame_specs, min_size=1, max_size=6), data=st.data())
+def test_frames_never_share_memory_with_the_chunk_they_came_in(
+    specs: list[tuple[FrameKind, int, bytes, Codec]], data: st.DataObject
+) -> None:
+    """Chunks read into one reused buffer (as ``readinto`` would) and passed as a memoryview or
+    a bytearray decode to frames whose payloads are ``bytes`` of their own: overwriting the
+    buffer afterwards changes none of them, nor what the decoder holds of a partial frame.
+    (The decoder parses a chunk in place when it holds nothing back.)"""
+    stream = b"".join(encode_frame(kind, call_id, payload, codec) for kind, call_id, payload, codec in specs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6), label="cuts"))
+    as_view = data.draw(st.booleans(), label="memoryview")
+    reused = bytearray(len(stream))
+    decoder = FrameDecoder()
+    decoded: list[Frame] = []
+    start = 0
+    for stop in [*cuts, len(stream)]:
+        n = stop - start
+        reused[:n] = stream[start:stop]
+        chunk = memoryview(reused)[:n] if as_view else reused[:n]
+        decoded += decoder.feed(chunk)  # type: ignore[arg-type]
+        reused[:] = b"\xff" * len(reused)  # the next read overwrites it
+        if isinstance(chunk, bytearray):
+            chunk[:] = b"\xff" * n
+        start = stop
+    assert decoded == [_frame(*spec) for spec in specs]
+    assert all(type(frame.payload) is bytes for frame in decoded)
+    assert decoder.buffered == 0
+
+
 def _flip(frame: bytes, bit: int) -> bytes:
     corrupted = bytearray(frame)
     corrupted[bit // 8] ^= 0x80 >> (bit % 8)

@@ -52,6 +52,7 @@ import importlib
 import io
 import json
 import os
+import pickle
 import select
 import sys
 import time
@@ -96,6 +97,8 @@ EXIT_PROTOCOL_VIOLATION = 4
 _READ_SIZE = 65536  # what a pipe holds; 256 KiB would be a fresh mmap per read in glibc (~14 us)
 _POLL_INTERVAL = 0.0005  # seconds between two checks for input between calls (serve)
 _JSON = Codec.JSON
+_PICKLE = Codec.PICKLE
+_pickle_loads, _pickle_dumps, _HIGHEST = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
 _CALL, _CANCEL, _PING, _SHUTDOWN = FrameKind.CALL, FrameKind.CANCEL, FrameKind.PING, FrameKind.SHUTDOWN
 _SESSION_END = FrameKind.SESSION_END
 _STATM = "/proc/self/statm" if sys.platform.startswith("linux") else None
@@ -244,7 +247,9 @@ class _Channel:
                 return
             self.busy = True
             try:
-                self._write(data)
+                sent = os.write(self.fd, data)  # the whole frame, nearly always: no _write call
+                if sent < len(data):
+                    self._write(data, sent)
                 while self.deferred:
                     self._write(self.deferred.pop(0))
             except OSError as exc:
@@ -252,12 +257,11 @@ class _Channel:
             finally:
                 self.busy = False
 
-    def _write(self, data: bytes) -> None:
-        n = os.write(self.fd, data)
-        if n < len(data):  # a pipe may take a large write piecewise
-            view = memoryview(data)[n:]
-            while view:
-                view = view[os.write(self.fd, view) :]
+    def _write(self, data: bytes, sent: int = 0) -> None:
+        """Write ``data[sent:]``, all of it: a pipe may take a large write piecewise."""
+        view = memoryview(data)[sent:]
+        while view:
+            view = view[os.write(self.fd, view) :]
 
     def send_json(self, kind: int, call_id: int, obj: dict[str, Any], timing: bytes = b"") -> None:
         """Send a JSON frame; ``timing`` is a TIMING block to open it with (FLAG_TIMING)."""
@@ -294,7 +298,7 @@ class _LineWriter(io.TextIOBase):
         self._channel = channel
         self._stream = stream
         self._fd = fd
-        self._parts: list[str] = []
+        self.parts: list[str] = []
         self._lock = _thread.RLock()  # reentrant, with _busy: see _Channel
         self._busy = False
 
@@ -313,26 +317,26 @@ class _LineWriter(io.TextIOBase):
 
     def flush_partial(self) -> None:
         """Send a pending partial line: called at the end of each call and at exit."""
-        if self._parts:  # unlocked peek: the common case, nothing pending, takes no lock
+        if self.parts:  # unlocked peek: the common case, nothing pending, takes no lock
             self._take("", True)
 
     def _take(self, s: str, final: bool) -> None:
         with self._lock:
-            if self._busy:  # re-entered mid-write: leave _parts alone, send non-blank lines as is
+            if self._busy:  # re-entered mid-write: leave parts alone, send non-blank lines as is
                 for line in s.splitlines():
                     if line:
                         self._emit(line)
                 return
             self._busy = True
             try:
-                self._parts.append(s)
+                self.parts.append(s)
                 if final or "\n" in s:
-                    *lines, rest = "".join(self._parts).split("\n")
-                    self._parts.clear()
+                    *lines, rest = "".join(self.parts).split("\n")
+                    self.parts.clear()
                     if rest and final:
                         lines.append(rest)
                     elif rest:
-                        self._parts.append(rest)
+                        self.parts.append(rest)
                     for line in lines:
                         self._emit(line)
             finally:
@@ -458,6 +462,7 @@ class _Worker:
 
     def __init__(self, spec: dict[str, Any], proto_in: int, channel: _Channel) -> None:
         self.spec = spec
+        self.json_only = spec["codec"] == "json"  # refuses pickle (answer): read once, not per call
         self.proto_in = proto_in
         self.channel = channel
         self.writers: list[_LineWriter] = []
@@ -582,19 +587,14 @@ class _Worker:
         reader = self.reader
         reader.release()
         try:
-            self.run_call(frame)
+            if frame.flags & _EXTENSIONS:  # telemetry: timings, trace context
+                self.run_extended(frame)
+            else:
+                self.answer(frame.call_id, frame.codec, frame.payload, None, None)
         finally:
             self.running = 0
             if not reader.acquire(False):
                 self.take_back_input()
-
-    def run_call(self, frame: Frame) -> None:
-        """Decode, resolve, run and encode one call; every failure becomes an ERROR frame.
-        A CALL with header extensions (telemetry) takes :meth:`run_extended`."""
-        if frame.flags & _EXTENSIONS:
-            self.run_extended(frame)
-        else:
-            self.answer(frame.call_id, frame.codec, frame.payload, None, None)
 
     def run_extended(self, frame: Frame) -> None:
         """The same call, timed (FLAG_TIMING: the reply carries wall and CPU nanoseconds) and
@@ -621,12 +621,13 @@ class _Worker:
     def answer(
         self, call_id: int, codec: int, payload: bytes, span: Any, timing: tuple[int, int] | None
     ) -> None:
+        """Decode, resolve, run and encode one call; every failure becomes an ERROR frame."""
         ch = self.channel
         phase = "decoding"
         try:
-            if codec is not _JSON and self.spec["codec"] == "json":
+            if codec is not _JSON and self.json_only:
                 raise ValueError("this worker is configured for the json codec; it refuses pickle")
-            call = decode_payload(payload, codec)
+            call = _pickle_loads(payload) if codec is _PICKLE else decode_payload(payload, codec)
             if type(call) not in (list, tuple) or len(call) not in (3, 4):
                 raise TypeError("a CALL payload is [target, args, kwargs] or [..., session_key]")
             target, args, kwargs = call[0], call[1], call[2]
@@ -651,10 +652,11 @@ class _Worker:
                     result = self.wait(result)
             finally:
                 for writer in self.writers:
-                    writer.flush_partial()
+                    if writer.parts:  # (flush_partial's own test, without a call per writer)
+                        writer.flush_partial()
                 ch.call_id = 0
             phase = "encoding"
-            data = encode_payload(result, codec)
+            data = _pickle_dumps(result, _HIGHEST) if codec is _PICKLE else encode_payload(result, codec)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit too: a call cannot end the worker
