@@ -119,7 +119,9 @@ class MapIterator:
             call = pool._make_call(RUN_CHUNK, (self._target, chunk), {}, self._timeout, name=self._chunk_name)
             items = len(chunk)
         if self._auto:
-            call.ext |= proto.FLAG_TIMING  # the run time the sizing learns from
+            # The run time the sizing learns from. Wall time only: when the pool's call events
+            # are observed, the pool asks for the CPU time too as it queues the call.
+            call.ext = proto.FLAG_TIMING | proto.FLAG_WALL_ONLY
         return call, items
 
     def _learn(self, call: Call, items: int) -> None:

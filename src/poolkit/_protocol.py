@@ -16,8 +16,8 @@ Header (22 bytes, network byte order)::
     0      2    magic       b"PK"
     2      1    version     PROTOCOL_VERSION
     3      1    kind        FrameKind
-    4      2    flags       low 4 bits: payload codec (Codec); FLAG_TRACE, FLAG_TIMING;
-                            other bits reserved, sent as 0
+    4      2    flags       low 4 bits: payload codec (Codec); FLAG_TRACE, FLAG_TIMING,
+                            FLAG_WALL_ONLY; other bits reserved, sent as 0
     6      8    call_id     unsigned; 0 for frames not about a call
     14     4    length      body length in bytes (header extensions + payload)
     18     4    checksum    CRC-32 of header bytes 0..17 followed by the body
@@ -33,6 +33,8 @@ knows nothing of them never sees one::
     FLAG_TIMING (CALL)           0 bytes  the pool asks for timings   [feature "timings"]
     FLAG_TIMING (RESULT, ERROR) 16 bytes  run_ns (8), cpu_ns (8): wall and process-CPU
                                           nanoseconds the worker spent on the call
+    FLAG_WALL_ONLY (CALL, with FLAG_TIMING)  0 bytes  only run_ns is wanted: the worker may
+                                          skip its CPU clock and send cpu_ns = CPU_UNKNOWN
 
 A CALL carrying both has the trace block first. The codec bits describe the payload after them.
 """
@@ -47,9 +49,11 @@ import zlib
 from typing import Any, NamedTuple
 
 __all__ = [
+    "CPU_UNKNOWN",
     "DEFAULT_MAX_FRAME_SIZE",
     "FLAG_TIMING",
     "FLAG_TRACE",
+    "FLAG_WALL_ONLY",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
@@ -79,6 +83,12 @@ _CODEC_MASK = 0x000F
 _CODECS = frozenset({0, 1})
 FLAG_TRACE = 0x0010
 FLAG_TIMING = 0x0020
+# With FLAG_TIMING on a CALL: the parent wants only the wall time (its scheduling), not the
+# CPU time (call events). The process CPU clock is a system call (~0.6 us), read twice per
+# call; a worker may skip it and send CPU_UNKNOWN. Old workers ignore the bit (reserved bits
+# are ignored on receipt) and measure anyway, which is as correct.
+FLAG_WALL_ONLY = 0x0040
+CPU_UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # cpu_ns of a TIMING block whose worker did not measure it
 TRACE = struct.Struct("!B16s8sB")  # version, trace_id, span_id, trace_flags
 TIMING = struct.Struct("!QQ")  # run_ns, cpu_ns
 
@@ -154,12 +164,13 @@ def split_trace(payload: bytes) -> tuple[bytes, bytes]:
     return payload[: TRACE.size], payload[TRACE.size :]
 
 
-def split_timing(payload: bytes) -> tuple[int, int, bytes]:
-    """A FLAG_TIMING reply body: (run_ns, cpu_ns, the rest). Raises ProtocolViolation if short."""
+def split_timing(payload: bytes) -> tuple[int, int | None, bytes]:
+    """A FLAG_TIMING reply body: (run_ns, cpu_ns or None when CPU_UNKNOWN, the rest). Raises
+    ProtocolViolation if short."""
     if len(payload) < TIMING.size:
         raise ProtocolViolation(f"FLAG_TIMING set, but the body has only {len(payload)} bytes")
     run_ns, cpu_ns = TIMING.unpack_from(payload)
-    return run_ns, cpu_ns, payload[TIMING.size :]
+    return run_ns, None if cpu_ns == CPU_UNKNOWN else cpu_ns, payload[TIMING.size :]
 
 
 def traceparent(block: bytes) -> str:

@@ -153,7 +153,9 @@ class Worker:
         self._base = config.pipeline_depth
         self._limit = config.pipeline_limit
         self._budget = config.pipeline_budget
-        self._timed = proto.FLAG_TIMING if self._limit > self._base else 0
+        # Its own need is the run time only (FLAG_WALL_ONLY); a call that is observed asks
+        # for the CPU time too (call.ext, set by the pool).
+        self._timed = proto.FLAG_TIMING | proto.FLAG_WALL_ONLY if self._limit > self._base else 0
         self._adaptive = False  # set once the handshake says the worker reports timings
         costs = getattr(owner, "call_costs", None)
         self._costs: dict[str, float] = costs if isinstance(costs, dict) else {}
@@ -255,7 +257,7 @@ class Worker:
         if self._adaptive:
             cost = call.cost = self._costs.get(call.target_name, self._budget)
             self.queued_work += cost
-        ext = (call.ext | self._timed) & self.extensions
+        ext = (call.ext or self._timed) & self.extensions  # (call.ext, if any, has FLAG_TIMING)
         if not ext:
             self._put(
                 proto.encode_frame(proto.FrameKind.CALL, call_id, call.payload, call.codec),
@@ -881,7 +883,7 @@ def _extensions(handshake: dict[str, Any]) -> int:
     if not isinstance(features, list):
         return 0
     ext = proto.FLAG_TRACE if "trace_context" in features else 0
-    return ext | (proto.FLAG_TIMING if "timings" in features else 0)
+    return ext | (proto.FLAG_TIMING | proto.FLAG_WALL_ONLY if "timings" in features else 0)
 
 
 def _parent_main() -> dict[str, Any]:

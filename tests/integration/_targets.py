@@ -29,6 +29,15 @@ def echo(x: Any) -> Any:
     return x
 
 
+def spin(seconds: float) -> int:
+    """Burn CPU (not sleep) for ``seconds`` of process CPU time: for CPU timings."""
+    end = time.process_time() + seconds
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return n
+
+
 def blob(size: int) -> str:
     """A result of ``size`` characters from a tiny call: for result-size limits."""
     return "x" * size

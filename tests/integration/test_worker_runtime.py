@@ -25,6 +25,9 @@ import pytest
 from _util import TESTS_DIR, scaled, wait_until_sync
 from integration import _targets
 from poolkit._protocol import (
+    CPU_UNKNOWN,
+    FLAG_TIMING,
+    FLAG_WALL_ONLY,
     PROTOCOL_VERSION,
     Codec,
     Frame,
@@ -33,6 +36,7 @@ from poolkit._protocol import (
     decode_payload,
     encode_frame,
     encode_payload,
+    split_timing,
 )
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes and signals")
@@ -270,6 +274,36 @@ def test_target_raises(start: Callable[..., Worker]) -> None:
     assert "_runtime.py" not in err["traceback"]
     w.call(2, f"{T}:add", 1, 1)
     assert w.result(2) == 2
+
+
+@pytest.mark.parametrize("wall_only", [False, True])
+def test_timed_calls_report_cpu_time_unless_asked_for_wall_time_only(
+    start: Callable[..., Worker], wall_only: bool
+) -> None:
+    """A CALL with FLAG_TIMING gets its wall and CPU nanoseconds back, in a RESULT or an ERROR;
+    with FLAG_WALL_ONLY as well, the CPU time is CPU_UNKNOWN (the worker skips its CPU clock,
+    a system call) and the wall time is still measured (docs/protocol.md 2.1)."""
+    w = start()
+    w.ready()
+    flags = FLAG_TIMING | (FLAG_WALL_ONLY if wall_only else 0)
+    for call_id, target, args in [(1, "spin", [0.02]), (2, "boom", ["kaput"])]:
+        body = encode_payload([f"{T}:{target}", args, {}], Codec.PICKLE)
+        w.send_raw(encode_frame(FrameKind.CALL, call_id, body, Codec.PICKLE, flags))
+        frame = w.recv()
+        assert frame.call_id == call_id and frame.flags & FLAG_TIMING
+        run_ns, cpu_ns, rest = split_timing(frame.payload)
+        raw_cpu = int.from_bytes(frame.payload[8:16], "big")
+        if call_id == 1:
+            assert frame.kind is FrameKind.RESULT and decode_payload(rest, Codec.PICKLE) > 0
+            assert run_ns >= 20_000_000  # it spun for 20 ms of CPU time, so as long at least
+        else:
+            assert frame.kind is FrameKind.ERROR and json.loads(rest)["message"] == "kaput"
+            assert run_ns > 0
+        if wall_only:
+            assert (cpu_ns, raw_cpu) == (None, CPU_UNKNOWN)
+        else:
+            assert cpu_ns is not None and cpu_ns == raw_cpu
+            assert cpu_ns >= (20_000_000 if call_id == 1 else 0)
 
 
 def test_system_exit_in_target_is_reported(start: Callable[..., Worker]) -> None:

@@ -22,11 +22,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from poolkit._protocol import (
+    CPU_UNKNOWN,
     DEFAULT_MAX_FRAME_SIZE,
     HEADER,
     HEADER_SIZE,
     MAGIC,
     PROTOCOL_VERSION,
+    TIMING,
     Codec,
     Frame,
     FrameDecoder,
@@ -35,6 +37,7 @@ from poolkit._protocol import (
     decode_payload,
     encode_frame,
     encode_payload,
+    split_timing,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,6 +219,15 @@ def test_valid_frames_before_a_corrupt_one_are_kept() -> None:
     with pytest.raises(ProtocolViolation) as info:
         FrameDecoder().feed(good + bytes(bad))
     assert [(f.kind, f.call_id, f.payload) for f in info.value.frames] == [(FrameKind.RESULT, 1, b"1")]
+
+
+def test_a_timing_block_without_cpu_time_reads_as_none() -> None:
+    """cpu_ns = CPU_UNKNOWN (a worker asked for wall time only) is no CPU time; any other value,
+    0 included, is one."""
+    unknown = TIMING.pack(1500, CPU_UNKNOWN) + b"3"
+    assert split_timing(unknown) == (1500, None, b"3")
+    assert split_timing(TIMING.pack(1500, 0) + b"3") == (1500, 0, b"3")
+    assert split_timing(TIMING.pack(1500, CPU_UNKNOWN - 1)) == (1500, CPU_UNKNOWN - 1, b"")
 
 
 def test_reserved_flag_bits_are_ignored() -> None:

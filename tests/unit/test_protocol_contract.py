@@ -183,24 +183,27 @@ async def _call_observed(pool: Pool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("config", "action", "timed"),
+    ("config", "action", "timed", "wall_only"),
     [
-        pytest.param({}, _call, True, id="default-window-call"),
-        pytest.param({}, _map_fixed, True, id="default-window-map"),
-        pytest.param({"pipeline_depth": 2}, _call, False, id="fixed-window-call"),
-        pytest.param({"pipeline_depth": 2}, _map_fixed, False, id="fixed-window-fixed-map"),
-        pytest.param({"pipeline_depth": 2}, _map_auto, True, id="fixed-window-adaptive-map"),
-        pytest.param({"pipeline_depth": 2}, _call_observed, True, id="fixed-window-call-observed"),
-        pytest.param({"max_pipeline_depth": 8}, _call, True, id="larger-maximum-call"),
+        pytest.param({}, _call, True, True, id="default-window-call"),
+        pytest.param({}, _map_fixed, True, True, id="default-window-map"),
+        pytest.param({}, _call_observed, True, False, id="default-window-call-observed"),
+        pytest.param({"pipeline_depth": 2}, _call, False, False, id="fixed-window-call"),
+        pytest.param({"pipeline_depth": 2}, _map_fixed, False, False, id="fixed-window-fixed-map"),
+        pytest.param({"pipeline_depth": 2}, _map_auto, True, True, id="fixed-window-adaptive-map"),
+        pytest.param({"pipeline_depth": 2}, _call_observed, True, False, id="fixed-window-call-observed"),
+        pytest.param({"max_pipeline_depth": 8}, _call, True, True, id="larger-maximum-call"),
     ],
 )
 async def test_when_calls_carry_flag_timing(
-    config: dict[str, Any], action: Callable[[Pool], Awaitable[None]], timed: bool
+    config: dict[str, Any], action: Callable[[Pool], Awaitable[None]], timed: bool, wall_only: bool
 ) -> None:
     """With no OpenTelemetry SDK and no subscriber, a CALL to a worker announcing "timings"
     still carries FLAG_TIMING whenever the pool itself uses run times: always under the default,
     adaptive pipeline window, and under a fixed window for adaptive map chunks and while call
-    events have a consumer (docs/protocol.md 2.1, "When"). Never FLAG_TRACE without an SDK."""
+    events have a consumer (docs/protocol.md 2.1, "When"). Never FLAG_TRACE without an SDK.
+    FLAG_WALL_ONLY goes with it exactly when nothing consumes call events, whose CPU time is
+    the only use of the worker's CPU clock."""
     launcher = WireLauncher()
     with anyio.fail_after(scaled(10)):
         async with Pool(launcher=launcher, min_workers=1, telemetry=NO_OTEL, **config) as pool:
@@ -208,6 +211,7 @@ async def test_when_calls_carry_flag_timing(
     calls = launcher.calls()
     assert calls
     assert [bool(f.flags & proto.FLAG_TIMING) for f in calls] == [timed] * len(calls)
+    assert [bool(f.flags & proto.FLAG_WALL_ONLY) for f in calls] == [wall_only] * len(calls)
     assert not any(f.flags & proto.FLAG_TRACE for f in calls)
 
 
@@ -224,7 +228,7 @@ async def test_a_worker_without_the_timings_feature_never_gets_flag_timing() -> 
             await _call_observed(pool)
             await _map_auto(pool)
     calls = launcher.calls()
-    assert calls and not any(f.flags & proto.FLAG_TIMING for f in calls)
+    assert calls and not any(f.flags & (proto.FLAG_TIMING | proto.FLAG_WALL_ONLY) for f in calls)
 
 
 # --------------------------------------------------------------------------- SESSION_END (4.8)

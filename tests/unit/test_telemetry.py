@@ -637,7 +637,7 @@ async def test_the_adaptive_window_asks_for_timings_but_builds_no_event(
     with anyio.fail_after(scaled(10)):
         async with pool:
             assert await pool.call(add, 1, 1) == 2
-            assert flags == [proto.FLAG_TIMING] and sum(built.values()) == 0
+            assert flags == [proto.FLAG_TIMING | proto.FLAG_WALL_ONLY] and sum(built.values()) == 0
 
 
 async def test_a_lifecycle_only_subscription_leaves_call_events_off(layer: str) -> None:

@@ -304,13 +304,15 @@ class MockWorker(Worker):
             self._exit(exc.returncode)
 
     async def _execute(self, call: Call) -> None:
-        if call.ext & proto.FLAG_TIMING:  # timings as the runtime reports them (wall, CPU)
+        ext = call.ext
+        if ext & proto.FLAG_TIMING:  # timings as the runtime reports them (wall, CPU)
             started, cpu = time.perf_counter_ns(), time.process_time_ns()
             try:
                 await self._perform(call)
             finally:
                 call.run_ns = time.perf_counter_ns() - started
-                call.cpu_ns = time.process_time_ns() - cpu
+                # FLAG_WALL_ONLY: the runtime skips its CPU clock, and the call has no CPU time
+                call.cpu_ns = None if ext & proto.FLAG_WALL_ONLY else time.process_time_ns() - cpu
         else:
             await self._perform(call)
 

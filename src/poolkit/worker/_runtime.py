@@ -62,9 +62,11 @@ from contextvars import ContextVar
 from typing import Any, NamedTuple, TypeVar
 
 from .._protocol import (
+    CPU_UNKNOWN,
     DEFAULT_MAX_FRAME_SIZE,
     FLAG_TIMING,
     FLAG_TRACE,
+    FLAG_WALL_ONLY,
     PROTOCOL_VERSION,
     TIMING,
     TRACE,
@@ -141,9 +143,14 @@ def _trace_context(block: bytes) -> TraceContext:
 
 
 def _timing_block(timing: tuple[int, int] | None) -> bytes:
+    """The TIMING block of a call timed from ``timing`` (its start: wall, CPU or -1 for a
+    FLAG_WALL_ONLY call, whose CPU time nobody wants: the CPU clock is a system call)."""
     if timing is None:
         return b""
-    return TIMING.pack(time.perf_counter_ns() - timing[0], max(0, time.process_time_ns() - timing[1]))
+    wall, cpu = timing
+    if cpu < 0:
+        return TIMING.pack(time.perf_counter_ns() - wall, CPU_UNKNOWN)
+    return TIMING.pack(time.perf_counter_ns() - wall, max(0, time.process_time_ns() - cpu))
 
 
 def _worker_span(block: bytes) -> Any:
@@ -597,13 +604,20 @@ class _Worker:
                 self.take_back_input()
 
     def run_extended(self, frame: Frame) -> None:
-        """The same call, timed (FLAG_TIMING: the reply carries wall and CPU nanoseconds) and
+        """The same call, timed (FLAG_TIMING: the reply carries wall and CPU nanoseconds, or
+        only wall with FLAG_WALL_ONLY) and
         inside the caller's trace (FLAG_TRACE: :func:`trace_context` returns it while the call
         runs, and when this process has an OpenTelemetry SDK configured the call runs in a
         ``poolkit.worker.run`` span that is a child of the pool's call span)."""
-        timing = (time.perf_counter_ns(), time.process_time_ns()) if frame.flags & FLAG_TIMING else None
+        flags = frame.flags
+        if not flags & FLAG_TIMING:
+            timing = None
+        elif flags & FLAG_WALL_ONLY:
+            timing = (time.perf_counter_ns(), -1)
+        else:
+            timing = (time.perf_counter_ns(), time.process_time_ns())
         payload = frame.payload
-        if not frame.flags & FLAG_TRACE:
+        if not flags & FLAG_TRACE:
             self.answer(frame.call_id, frame.codec, payload, None, timing)
             return
         block, payload = split_trace(payload)
