@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -227,8 +228,15 @@ class RawAsync(AsyncPool):
     """The raw pipe's children (rawchild.py) driven from asyncio: about the least an awaited
     call can cost. A call writes its frame straight to the least busy child and awaits a
     bare future; the loop's read callback (``add_reader``) splits the replies and resolves the
-    futures. No queue, no task of its own, no timeouts, no recovery. Latency only: it answers
-    "how much of an async row's latency is asyncio and the harness", not a pool's figures.
+    futures. No queue, no task of its own, no timeouts, no recovery. A yardstick, not a
+    pool: it answers "how much of an async row's figure is asyncio and the harness".
+
+    The request pipes are non-blocking: a frame the pipe does not take at once waits in the
+    child's buffer, and the loop's write callback (``add_writer``) sends it when the pipe has
+    room, as an asyncio transport does. (A blocking write would deadlock 20,000 calls at
+    once: the parent blocked on a full request pipe while the child blocks on a full reply
+    pipe the parent is not reading.) Latency calls always find the pipe empty and write at
+    once, as before.
     """
 
     library = "raw.async"
@@ -243,7 +251,9 @@ class RawAsync(AsyncPool):
         rawpipe.wait_ready(self.children)
         self.ids = 0
         self.waiting: dict[int, dict[int, Any]] = {c.pid: {} for c in self.children}
+        self.pending: dict[int, bytearray] = {c.pid: bytearray() for c in self.children}
         for c in self.children:
+            os.set_blocking(c.w, False)
             self.loop.add_reader(c.r, self._readable, c)
         return self
 
@@ -252,27 +262,47 @@ class RawAsync(AsyncPool):
     ) -> None:
         for c in self.children:
             self.loop.remove_reader(c.r)
+            self.loop.remove_writer(c.w)
             c.close()
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         import pickle
 
-        from benchmarks._peers.rawchild import HEADER, write_all
+        from benchmarks._peers.rawchild import HEADER
 
         body = pickle.dumps((fn, args), 5)
         child = min(self.children, key=lambda c: len(self.waiting[c.pid]))
         self.ids += 1
         future = self.loop.create_future()
         self.waiting[child.pid][self.ids] = future
-        write_all(child.w, HEADER.pack(len(body), self.ids) + body)  # a small frame: the pipe takes it
+        frame = HEADER.pack(len(body), self.ids) + body
+        pending = self.pending[child.pid]
+        if pending:  # earlier frames wait for room: keep the order
+            pending += frame
+        else:
+            try:
+                sent = os.write(child.w, frame)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(frame):
+                pending += frame[sent:]
+                self.loop.add_writer(child.w, self._writable, child)
         ok, value = pickle.loads(await future)
         if not ok:
             raise value
         return value
 
-    def _readable(self, child: Any) -> None:
-        import os
+    def _writable(self, child: Any) -> None:
+        pending = self.pending[child.pid]
+        try:
+            sent = os.write(child.w, pending)
+        except BlockingIOError:
+            return
+        del pending[:sent]
+        if not pending:
+            self.loop.remove_writer(child.w)
 
+    def _readable(self, child: Any) -> None:
         chunk = os.read(child.r, 1 << 16)
         waiting = self.waiting[child.pid]
         if not chunk:

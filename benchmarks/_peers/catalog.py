@@ -23,7 +23,7 @@ class System:
 
 _MAP_ONLY = "a batch API (inputs up front): the library's per-call row has this figure"
 _SAME_POOL = "same pool as the library's per-call row"
-_RAW_ASYNC = "a latency yardstick for the async rows; raw.pipelined has this figure"
+_RAW_ASYNC = "a yardstick for the async rows' latency and throughput; raw.pipelined has this figure"
 _NOT_OPEN_LOOP = "takes all its inputs up front: open-loop arrivals go through the per-call API"
 
 
@@ -110,8 +110,16 @@ SYSTEMS: tuple[System, ...] = (
         "async",
         "call",
         "the raw pipe's children from asyncio: `await` on a bare future, replies in the loop's read callback",
+        {"recovery": _RAW_ASYNC, "startup": _RAW_ASYNC, "stuck": _RAW_ASYNC},
+    ),
+    System(
+        "raw.async.x64",
+        "raw.async",
+        "async",
+        "tasks",
+        "the `raw.async` client from 64 tasks, each call after call: the yardstick for `poolkit.x64`",
         {
-            "throughput": _RAW_ASYNC,
+            "latency": "open-loop arrivals are one task per call: the raw.async row",
             "recovery": _RAW_ASYNC,
             "startup": _RAW_ASYNC,
             "stuck": _RAW_ASYNC,
