@@ -9,6 +9,7 @@ assertion failure in poolkit, never a silent double delivery.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import itertools
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ _seq = itertools.count(1)
 
 
 class CallStatus(enum.Enum):
+    WAITING = "waiting"  # in line for room in the pool's queue (max_queue): not admitted yet
     QUEUED = "queued"  # in the pool's queue
     SENT = "sent"  # written to a worker (in its in-flight table)
     DONE = "done"  # ended with a result or an error; the caller has been woken
@@ -43,6 +45,7 @@ class Call:
         "avoid",
         "call_id",
         "codec",
+        "context",
         "cost",
         "cpu_ns",
         "deadline",
@@ -63,6 +66,10 @@ class Call:
         "trials",
         "worker",
     )
+
+    # The caller's context, taken when the call joins the line for room in the queue: the
+    # pool queues it from another task, in this context (its span's parent, its log context).
+    context: contextvars.Context
 
     def __init__(
         self,

@@ -180,7 +180,7 @@ class MapIterator:
                     if entry is None:
                         self._source = None
                         break
-                    await pool._admit(entry[0])
+                    pool._admit(entry[0])
                     self._pending.append(entry)
                 if not self._pending:
                     raise StopAsyncIteration

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import heapq
 import itertools
@@ -230,8 +231,10 @@ class Pool:
         self._worker_ids = itertools.count(1)
         self._sched: Scheduler[Worker] = Scheduler(config.pipeline_limit)
         self._queue: collections.deque[Call] = collections.deque()
-        self._room_waiters: collections.deque[_native.Event] = collections.deque()
-        self._room_promised = 0  # waiters woken for room that have not yet taken it
+        # Calls waiting for room in the queue (max_queue), first come first served: the pool
+        # moves them into the queue itself as room frees (_notify_room).
+        self._line: collections.deque[Call] = collections.deque()
+        self._admitting = False  # _notify_room is moving calls from the line (no re-entry)
         self._changed: anyio.Event | None = None
         self._failure: PoolFailed | None = None
         self._consecutive_startup_failures = 0
@@ -515,9 +518,9 @@ class Pool:
         call got; cancelling the caller removes or stops the call (see ``docs/errors.md``).
         """
         call = self._make_call(target, args, kwargs, timeout, idempotent=idempotent, session=session)
-        if self._room_waiters or self._room_promised or not self._has_room():
-            await self._admit(call)
-        else:  # room now: no waiting, so no coroutine for it (the per-call path, item 15)
+        if self._line or not self._has_room():  # (_admit, inline: this runs once per call)
+            self._join_line(call)  # no room: the pool queues it when room frees (item 20)
+        else:
             self._saturated = False
             self._enqueue(call)
         if call.session is not None:
@@ -798,73 +801,67 @@ class Pool:
                 "from another thread use anyio.from_thread, or a SyncPool"
             )
 
-    async def _admit(self, call: Call) -> None:
-        """Put ``call`` in the queue, waiting for room (under its deadline) or rejecting.
-
-        Waiting is first come, first served, in a line of tickets: a caller that finds others
-        already waiting queues behind them even if a slot is free right now, so no early
-        caller is starved by later ones racing for each freed slot. A woken caller that finds
-        the room taken again keeps its place at the front. The wait is inline, not a
-        coroutine of its own: one object less per waiting caller (docs/performance.md item 18).
-
-        A ticket is set only by :meth:`_notify_room`, which takes it out of the line first: so
-        an unset ticket is still in line and a set one is not, and leaving never scans a line
-        that may be ``max_queue`` long (it did, and 20,000 callers at once paid for it).
+    def _admit(self, call: Call) -> None:
+        """Queue ``call`` now, or put it in the line of calls waiting for room (``max_queue``).
+        Either way its caller next waits for the result: :meth:`_settle` tells a call that
+        never left the line (its deadline passed there, or the pool closed) from one that ran.
         """
-        if self._room_waiters or self._room_promised or not self._has_room():
-            if not self._saturated:
-                self._saturated = True
-                self._emit(
-                    QueueSaturated(
-                        pool=self.name,
-                        at=anyio.current_time(),
-                        depth=len(self._queue) + self._session_waiting,
-                        limit=self.config.max_queue,
-                        policy=self.config.queue_policy,
-                    )
-                )
-            ticket: _native.Event | None = None
-            try:
-                if self.config.queue_policy == "reject":
-                    raise QueueFull(self.name, self.config.max_queue)
-                waiters = self._room_waiters
-                ticket = self._event()
-                waiters.append(ticket)
-                while True:
-                    try:
-                        if call.deadline is None:
-                            await ticket.wait()
-                        else:
-                            with anyio.CancelScope(deadline=call.deadline):
-                                await ticket.wait()
-                    finally:
-                        if ticket.is_set():  # the room promised to this ticket is taken or passed on
-                            self._room_promised -= 1
-                    self._check_open()
-                    if not ticket.is_set():  # the deadline passed while waiting
-                        self._timed_out += 1
-                        raise QueueTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
-                    if self._has_room():
-                        break
-                    ticket = self._event()
-                    waiters.appendleft(ticket)
-            except BaseException:
-                if ticket is not None:
-                    if not ticket.is_set():
-                        self._room_waiters.remove(ticket)  # cancelled or timed out in line: O(line), but rare
-                    else:
-                        self._notify_room()  # we were woken but are leaving: pass the turn on
-                self._end_trials(call, None)
-                if call.session is not None:
-                    self._forget_unused(call.session)
-                raise
+        if self._line or not self._has_room():
+            self._join_line(call)
         else:
             self._saturated = False
-        self._enqueue(call)
+            self._enqueue(call)
 
-    def _enqueue(self, call: Call) -> None:
-        """Queue an admitted call (there is room: :meth:`_admit` waited for it, or the caller
-        found room without waiting and cleared ``_saturated``) and dispatch."""
+    def _join_line(self, call: Call) -> None:
+        """No room in the queue: ``call`` waits in line, first come first served (or is
+        rejected: ``queue_policy="reject"``). A caller that finds others already in line
+        queues behind them even if room frees right now, so no early caller is starved by
+        later ones racing for each freed slot.
+
+        The pool moves calls from the line into the queue itself as room frees
+        (:meth:`_notify_room`), so a caller in line waits once, for its result, like any
+        other. It used to wait for a ticket and then queue its call itself: a second wake-up
+        per call, a ticket, a future and a coroutine each, and 20,000 callers at once ran a
+        third slower with half of them in line than with none (docs/performance.md item 20).
+        """
+        if not self._saturated:
+            self._saturated = True
+            self._emit(
+                QueueSaturated(
+                    pool=self.name,
+                    at=anyio.current_time(),
+                    depth=len(self._queue) + self._session_waiting,
+                    limit=self.config.max_queue,
+                    policy=self.config.queue_policy,
+                )
+            )
+        if self.config.queue_policy == "reject":
+            self._leave_line(call)
+            raise QueueFull(self.name, self.config.max_queue)
+        call.status = CallStatus.WAITING
+        # The pool queues it from whichever task frees room; CallQueued (where its span starts,
+        # a child of the caller's) and the call's log context must still be the caller's.
+        call.context = contextvars.copy_context()
+        self._line.append(call)
+
+    def _leave_line(self, call: Call) -> None:
+        """``call`` never got into the queue: rejected, its deadline passed in line, its
+        caller left, or the pool stopped taking calls. It leaves no trace: not counted, no
+        event (no CallQueued was emitted for it), no session record, no breaker trial."""
+        if call.status is CallStatus.WAITING:
+            call.status = CallStatus.ABANDONED
+            try:
+                self._line.remove(call)  # O(line), but only a call that gives up in line pays
+            except ValueError:
+                pass  # the pool took it out already (closing: _notify_room)
+        self._end_trials(call, None)
+        if call.session is not None:
+            self._forget_unused(call.session)
+
+    def _enqueue(self, call: Call, dispatch: bool = True) -> None:
+        """Queue an admitted call (there is room: the caller found it and cleared
+        ``_saturated``, or :meth:`_notify_room` took the call from the line) and dispatch
+        (``dispatch=False``: the caller dispatches once for many)."""
         binding = call.session
         if binding is not None and binding.ended is not None:
             # The session ended while this call waited for room: it starts the key's next one
@@ -897,7 +894,8 @@ class Pool:
             )
             call.trace = tel.trace_block(call.seq)
             call.ext = proto.FLAG_TIMING if call.trace is None else proto.FLAG_TIMING | proto.FLAG_TRACE
-        self._dispatch()
+        if dispatch:
+            self._dispatch()
 
     async def _result(self, call: Call, error: PoolError | None = None) -> Any:
         """Wait for ``call`` to end, retrying it as the recovery table allows; return its
@@ -948,6 +946,9 @@ class Pool:
     def _caller_left(self, call: Call) -> None:
         """The caller was cancelled while its call was in hand: count, report, and remove or
         stop the call."""
+        if call.status is CallStatus.WAITING:  # cancelled in line: it never got in
+            self._leave_line(call)
+            return
         self._cancelled += 1
         if self._tel.calls:
             self._emit_failed(call, FailureKind.CANCELLED, call.phase, "cancelled by the caller")
@@ -960,6 +961,11 @@ class Pool:
         worker = call.worker
         status = call.status
         if status is not CallStatus.DONE and status is not CallStatus.ABANDONED:  # not ended: the deadline
+            if status is CallStatus.WAITING:  # still in line: its deadline passed, or the pool closed
+                self._leave_line(call)
+                self._check_open()
+                self._timed_out += 1
+                raise QueueTimeout(call.timeout or 0.0, phase=Phase.QUEUED, target=call.target_name)
             phase = call.phase
             kind = QueueTimeout if phase is Phase.QUEUED else CallTimeout
             error: PoolError = kind(
@@ -1129,6 +1135,9 @@ class Pool:
                     )
             return
         if call.status is CallStatus.ABANDONED:
+            return
+        if call.status is CallStatus.WAITING:  # still in line: it never got in
+            self._leave_line(call)
             return
         self._cancelled += 1
         if self._tel.calls:
@@ -1326,7 +1335,7 @@ class Pool:
                         queue_wait=now - call.queued_at,
                     )
                 )
-        if moved or self._room_waiters:  # room may come from a worker, not the queue (max_queue=0)
+        if moved or self._line:  # room may come from a worker, not the queue (max_queue=0)
             self._notify_room()
         if queue:
             self._maybe_scale_up()
@@ -1565,32 +1574,44 @@ class Pool:
         )
 
     def _notify_room(self) -> None:
-        """Wake as many waiters, first in line first, as there is room for (all of them if the
-        pool stopped accepting calls, so each sees why).
+        """Move calls from the line into the queue, first in line first, while there is room
+        (if the pool stopped accepting calls, wake every one: :meth:`_settle` raises why).
 
-        Room for n is promised to n waiters at once (``_room_promised``, which keeps newcomers
-        in line behind them until they have taken it). Waking one waiter per free slot made
-        each admission wait for the previous one's trip round the event loop: 10,000 callers
-        waiting for room paid a loop iteration each, one after another (docs/performance.md
-        item 16).
+        The moves are synchronous, so no newcomer can slip in ahead of the line, and the
+        queue is dispatched once for all of them. With no queue slot (``max_queue=0``, or a
+        full queue) an idle worker is room for one call: it is queued and dispatched at once,
+        and the moves stop when a call so queued stays queued (a session call at the head
+        may block dispatch), so the queue never grows past ``max_queue`` by more than one.
         """
-        waiters = self._room_waiters
-        if not waiters:
+        line = self._line
+        if not line or self._admitting:
             return
         if not self._fsm.state.accepts_calls:
-            while waiters:
-                self._room_promised += 1
-                waiters.popleft().set()
+            while line:
+                line.popleft()._wake()  # still WAITING: its caller's _settle raises why
             return
-        free = self.config.max_queue - len(self._queue) - self._session_waiting - self._room_promised
-        if free <= 0:
-            # No queue slot: with max_queue=0 (or a full queue) an idle worker is room for one.
-            if self._room_promised or self._sched.pick() is None:
-                return
-            free = 1
-        for _ in range(min(free, len(waiters))):
-            self._room_promised += 1
-            waiters.popleft().set()
+        queue, sched, limit = self._queue, self._sched, self.config.max_queue
+        self._admitting = True  # (the dispatches below call back here)
+        try:
+            while line:
+                moved = False
+                while line and len(queue) + self._session_waiting < limit:
+                    call = line.popleft()
+                    call.status = CallStatus.QUEUED
+                    call.context.run(self._enqueue, call, False)
+                    moved = True
+                if moved:
+                    self._dispatch()  # which may free queue room: look again
+                    continue
+                if sched.pick() is None:
+                    break
+                call = line.popleft()
+                call.status = CallStatus.QUEUED
+                call.context.run(self._enqueue, call)
+                if call.status is CallStatus.QUEUED:
+                    break
+        finally:
+            self._admitting = False
 
     def _notify_changed(self) -> None:
         changed = self._changed
@@ -1745,7 +1766,7 @@ class Pool:
             if self._idle_due == math.inf and len(self._workers) > self.config.min_workers:
                 self._idle_due = now + self.config.idle_timeout
                 self._wake_at(self._idle_due)
-        if self._queue or self._room_waiters:
+        if self._queue or self._line:
             self._dispatch()
         if self._changed is not None:
             self._notify_changed()
@@ -2052,7 +2073,7 @@ class Pool:
             worker_starts=self._worker_starts,
             worker_crashes=self._worker_crashes,
             startup_failures=self._startup_failures,
-            waiting=len(self._room_waiters) + self._room_promised,  # woken ones wait until they run
+            waiting=len(self._line),
             retries=self._retries,
             recycled=self._recycled,
             unresponsive=self._unresponsive,

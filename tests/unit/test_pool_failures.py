@@ -3,6 +3,7 @@ queue and bad input. Each failure must hit only its own call and leave the pool 
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +14,9 @@ import pytest
 
 from _util import scaled, wait_until
 from poolkit import (
+    CallQueued,
     CallTimeout,
+    Event,
     FailureKind,
     PayloadTooLarge,
     Phase,
@@ -694,11 +697,53 @@ async def test_callers_waiting_for_room_are_admitted_first_come_first_served() -
     assert order == [0, 1, 2, 3, 4, 5]
 
 
+async def test_a_call_waiting_for_room_is_queued_by_the_pool_in_its_callers_context() -> None:
+    """Callers that find the queue full wait in line; when room frees, the pool moves their
+    calls into the queue itself, from the task that freed it (so a waiting caller is woken
+    once, by its result, not also to queue its call). Each call is still queued in its own
+    caller's context: CallQueued sees the caller's context variables (a span's parent, a
+    structlog context) and they run first come, first served."""
+    gate = new_gate("context")
+    who: contextvars.ContextVar[int] = contextvars.ContextVar("who", default=-1)
+    queued: list[tuple[int, int, object]] = []  # (call seq, the caller's index seen, task)
+    tasks: dict[int, object] = {}
+    order: list[int] = []
+
+    def on_queued(event: Event) -> None:
+        assert isinstance(event, CallQueued)
+        queued.append((event.call, who.get(), anyio.get_current_task().id))
+
+    async with Pool(
+        min_workers=1, pipeline_depth=1, max_queue=1, queue_policy="wait", launcher=BridgeLauncher()
+    ) as pool:
+        pool.subscribe(on_queued, types=(CallQueued,))
+        with anyio.fail_after(scaled(20)):
+            async with anyio.create_task_group() as tg:
+
+                async def caller(i: int) -> None:
+                    who.set(i)
+                    tasks[i] = anyio.get_current_task().id
+                    order.append(await pool.call(echo, i))
+
+                tg.start_soon(pool.call, wait_for, "context")  # occupies the worker
+                await wait_until(lambda: pool.statistics().in_flight == 1, 10, "worker busy")
+                for i in range(4):
+                    tg.start_soon(caller, i)
+                    await wait_until(lambda i=i: len(tasks) == i + 1, 10, f"caller {i} started")  # type: ignore[misc]
+                await wait_until(lambda: pool.statistics().waiting == 3, 10, "three callers in line")
+                gate.release.set()
+    assert order == [0, 1, 2, 3]
+    seen = [(index, task) for _seq, index, task in queued if index >= 0]
+    assert [index for index, _task in seen] == [0, 1, 2, 3]  # each in its caller's context, in order
+    assert seen[0][1] == tasks[0]  # found room: queued by its own caller
+    assert all(task != tasks[index] for index, task in seen[1:])  # queued by the pool, elsewhere
+
+
 async def test_room_for_several_is_given_to_that_many_waiting_callers_before_newcomers() -> None:
-    """Two queued calls are cancelled at once: both callers first in line are woken together
+    """Two queued calls are cancelled at once: both calls first in line are queued together
     (not one per trip round the event loop, which made 10,000 waiting callers get in one
     after another), and a caller arriving just then queues behind them instead of taking the
-    room they were woken for."""
+    room freed for them."""
     gate = new_gate("several")
     order: list[int] = []
     async with Pool(
@@ -729,7 +774,7 @@ async def test_room_for_several_is_given_to_that_many_waiting_callers_before_new
                 await wait_until(
                     lambda: (s := pool.statistics()).cancelled == 2 and s.queued == 2,
                     10,
-                    "the woken callers queued",
+                    "the calls in line queued",
                 )
                 assert pool.statistics().waiting == 1  # the newcomer, in line
                 gate.release.set()

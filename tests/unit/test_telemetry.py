@@ -785,6 +785,34 @@ async def test_one_client_span_per_call_child_of_the_callers_span(layer: str, tr
         assert span.end_time is not None
 
 
+async def test_a_call_that_waited_for_room_has_its_span_under_its_callers_span(
+    layer: str, traces: Traces
+) -> None:
+    """Calls that find the queue full wait in line, and the pool queues them itself when room
+    frees, from the task that freed it. Their spans still start in their own caller's context:
+    each is the child of its caller's span, not of whatever ran when room came."""
+    tracer = traces.provider.get_tracer("test")
+    pool = make_pool(layer, tracer_provider=traces.provider, pipeline_depth=1, max_queue=1)
+    callers: dict[int, Any] = {}
+    with anyio.fail_after(scaled(10)):
+        async with pool:
+            rec = Recorder(pool)
+
+            async def caller(i: int) -> None:
+                with tracer.start_as_current_span(f"caller-{i}") as span:
+                    callers[i] = span.get_span_context()
+                    assert await pool.call(add, i, 1) == i + 1
+
+            async with anyio.create_task_group() as tg:
+                for i in range(6):
+                    tg.start_soon(caller, i)
+    assert rec.of(QueueSaturated), "no call waited in line: the test did not test it"
+    spans = traces.calls()
+    assert len(spans) == 6
+    parents = sorted(s.parent.span_id if s.parent is not None else 0 for s in spans)
+    assert parents == sorted(c.span_id for c in callers.values())  # one call under each caller
+
+
 async def test_call_span_attributes(layer: str, traces: Traces) -> None:
     """A call's span names the pool, target, call id, idempotence, session, worker, attempt,
     queue wait and outcome, and the worker's run and CPU time; a "poolkit.dispatched" event
