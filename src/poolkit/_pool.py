@@ -518,6 +518,9 @@ class Pool:
         call got; cancelling the caller removes or stops the call (see ``docs/errors.md``).
         """
         call = self._make_call(target, args, kwargs, timeout, idempotent=idempotent, session=session)
+        # Encoded now: let the arguments go rather than keep them (a GC-tracked tuple at least)
+        # alive in this frame while the call is in hand (docs/performance.md item 21).
+        del args, kwargs
         if self._line or not self._has_room():  # (_admit, inline: this runs once per call)
             self._join_line(call)  # no room: the pool queues it when room frees (item 20)
         else:

@@ -211,6 +211,13 @@ class Outcome:
             self.ended.set()
 
 
+class Blob:
+    """A picklable argument a test can hold a weak reference to."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytes(size)
+
+
 class Unhashable:
     """A callable object that cannot be a dict key (``__eq__`` without ``__hash__``)."""
 

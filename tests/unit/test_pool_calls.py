@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import math
+import weakref
 from collections.abc import Generator
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from unit._targets import (
     GATES,
     RUNS,
     TARGET,
+    Blob,
     Counter,
     HashRaises,
     Unhashable,
@@ -84,6 +87,31 @@ async def test_a_plain_call_waits_for_its_first_attempt_itself(monkeypatch: pyte
             assert len(entered) == 2
             stats = pool.statistics()
             assert (stats.completed, stats.failed) == (4, 1)
+
+
+async def test_the_pool_lets_go_of_a_calls_arguments_once_they_are_encoded() -> None:
+    """While a call is in hand (queued, sent, running), the pool keeps its encoded request,
+    not the caller's argument objects: an argument the caller drops is freed at once, not
+    when the call returns (a large argument's memory, and one GC-tracked tuple per call in
+    hand less for the collector to scan)."""
+    gate = new_gate("args")
+    with anyio.fail_after(scaled(10)):
+        async with make_pool() as pool, anyio.create_task_group() as tg:
+            box = [Blob(1 << 20)]
+            ref = weakref.ref(box[0])
+            done = anyio.Event()
+
+            async def caller() -> None:
+                assert isinstance(await pool.call(wait_for, "args", box.pop()), Blob)  # (a copy)
+                done.set()
+
+            tg.start_soon(caller)
+            await gate.entered.wait()  # running in the worker: the call is in hand
+            assert not box
+            gc.collect()
+            assert ref() is None, gc.get_referrers(ref())
+            gate.release.set()
+            await done.wait()
 
 
 async def test_targets_are_named_once_and_the_names_kept_are_bounded() -> None:
