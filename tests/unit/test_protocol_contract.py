@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from _util import scaled
+from _util import scaled, wait_until
 from poolkit import (
     CallError,
     PayloadTooLarge,
@@ -401,3 +401,82 @@ async def test_an_error_payload_that_is_not_an_object_is_a_protocol_error() -> N
             with pytest.raises(ProtocolError):
                 await pool.call(targets.fail)
     assert launcher.wires[0].returncode is not None
+
+
+# --------------------------------------------------------------------------- replies in one read
+
+
+def _held_replies(count: int, last: Callable[[proto.Frame], bytes] | None = None) -> Rewrite:
+    """Hold a worker's RESULT frames back and deliver them ``count`` at a time, in one read;
+    ``last`` replaces the last frame of each read (a worker that breaks the protocol there)."""
+    held: list[bytes] = []
+
+    def rewrite(frame: proto.Frame) -> list[bytes]:
+        raw = proto.encode_frame(frame.kind, frame.call_id, frame.payload, frame.codec, frame.flags & ~0x000F)
+        if frame.kind is not K.RESULT:
+            return [raw]
+        held.append(raw if last is None or len(held) < count - 1 else last(frame))
+        if len(held) < count:
+            return []
+        out = b"".join(held)
+        held.clear()
+        return [out]
+
+    return rewrite
+
+
+async def _gather(pool: Pool, values: list[int]) -> list[Any]:
+    results: list[Any] = [None] * len(values)
+
+    async def one(i: int) -> None:
+        try:
+            results[i] = await pool.call(targets.echo, values[i])
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(values)):
+            tg.start_soon(one, i)
+    return results
+
+
+async def test_replies_that_arrive_in_one_read_end_every_call_and_report_capacity_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several replies in one read each end their call, in order, and the worker's room is
+    reported to the pool once for the read, not once per reply (docs/performance.md item 22):
+    one scheduler update and one dispatch for the batch."""
+    launcher = WireLauncher(_held_replies(2))
+    with anyio.fail_after(scaled(10)):
+        async with Pool(launcher=launcher, min_workers=1, max_workers=1, pipeline_depth=2) as pool:
+            reports: list[int] = []
+            report = pool.worker_capacity
+
+            def counted(worker: Any) -> None:
+                reports.append(worker.load)
+                report(worker)
+
+            monkeypatch.setattr(pool, "worker_capacity", counted)
+            assert await _gather(pool, [1, 2, 3, 4]) == [1, 2, 3, 4]
+    # Four replies in two reads: two reports, each after both of its replies (nothing left).
+    assert reports == [0, 0]
+
+
+async def test_a_bad_reply_after_a_good_one_in_the_same_read_fails_only_its_own_call() -> None:
+    """A read that holds a genuine reply and then one for a call that is not running (replies
+    must come in order): the call of the genuine reply gets its result, the other fails with
+    ProtocolError and the worker is replaced."""
+
+    def stray(frame: proto.Frame) -> bytes:
+        return proto.encode_frame(K.RESULT, frame.call_id + 100, frame.payload, frame.codec)
+
+    launcher = WireLauncher(_held_replies(2, last=stray))
+    with anyio.fail_after(scaled(10)):
+        async with Pool(launcher=launcher, min_workers=1, max_workers=1, pipeline_depth=2) as pool:
+            results = await _gather(pool, [1, 2])
+            await wait_until(lambda: launcher.wires[0].returncode is not None, scaled(5), "worker gone")
+    # (Which caller's call went first is up to the event loop: trio may start them either way.)
+    errors = [r for r in results if isinstance(r, ProtocolError)]
+    assert len(errors) == 1, results
+    assert "replies must come in order" in str(errors[0])
+    assert [r for r in results if r not in errors] in ([1], [2])
