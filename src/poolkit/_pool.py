@@ -1322,26 +1322,56 @@ class Pool:
                     picked = sched.pick_other(picked) or picked
                 worker = picked
                 queue.popleft()
+                if queue:
+                    # A run: the least-loaded worker takes the plain calls at the head of the
+                    # queue until it is as loaded as the next one (or full), then the scheduler
+                    # hears of it once. Picking afresh for each call would choose it each time
+                    # (item 22): after a read of ~30 replies, one worker has room for ~30.
+                    self._dispatch_run(call, worker, sched.level_of_others(worker))
+                    moved = True
+                    continue
             worker.submit(call)
             sched.update(worker, worker.load, worker.has_room)
             moved = True
             if self._tel.calls:
-                now = anyio.current_time()
-                self._emit(
-                    CallDispatched(
-                        pool=self.name,
-                        at=now,
-                        call=call.seq,
-                        target=call.target_name,
-                        worker_id=worker.id,
-                        attempt=call.attempt,
-                        queue_wait=now - call.queued_at,
-                    )
-                )
+                self._emit_dispatched(call, worker)
         if moved or self._line:  # room may come from a worker, not the queue (max_queue=0)
             self._notify_room()
         if queue:
             self._maybe_scale_up()
+
+    def _dispatch_run(self, call: Call, worker: Worker, level: int) -> None:
+        """Send ``call`` (taken off the queue) to ``worker``, then the plain calls behind it
+        while ``worker`` has room and fewer than ``level`` calls (the lowest load of any other
+        worker with room): the calls least-loaded picking would give it, one after another,
+        with one scheduler update for all of them."""
+        queue = self._queue
+        tel = self._tel
+        while True:
+            worker.submit(call)
+            if tel.calls:
+                self._emit_dispatched(call, worker)
+            if not queue or worker.load >= level or not worker.has_room:
+                break
+            call = queue[0]
+            if call.session is not None or call.avoid is worker:
+                break
+            queue.popleft()
+        self._sched.update(worker, worker.load, worker.has_room)
+
+    def _emit_dispatched(self, call: Call, worker: Worker) -> None:
+        now = anyio.current_time()
+        self._emit(
+            CallDispatched(
+                pool=self.name,
+                at=now,
+                call=call.seq,
+                target=call.target_name,
+                worker_id=worker.id,
+                attempt=call.attempt,
+                queue_wait=now - call.queued_at,
+            )
+        )
 
     # ---- sessions ----------------------------------------------------------------------------
     def _route_session(self, call: Call) -> object:

@@ -69,6 +69,17 @@ class Scheduler(Generic[_W]):
         self._low = low
         return next(iter(buckets[low]))
 
+    def level_of_others(self, worker: _W) -> int:
+        """The lowest load of an available worker other than ``worker`` (``depth`` if there
+        is none): ``worker``, just picked as the least loaded, is the pick for every call
+        until its load reaches this level."""
+        buckets = self._buckets
+        for load in range(self._low, self._depth):
+            bucket = buckets[load]
+            if bucket and (len(bucket) > 1 or worker not in bucket):
+                return load
+        return self._depth
+
     def pick_other(self, avoid: _W) -> _W | None:
         """The least-loaded available worker other than ``avoid`` (a retry goes elsewhere)."""
         for bucket in self._buckets[self._low :]:

@@ -9,6 +9,7 @@ timing anything; the end-to-end tests only check that fast calls do open the win
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,8 @@ import pytest
 
 from _util import scaled
 from poolkit import Pool, PoolConfig
-from poolkit._call import Call
+from poolkit._call import Call, CallStatus
+from poolkit._scheduler import Scheduler
 from poolkit._worker import Worker
 from poolkit.testing import MockScript
 from poolkit.testing._bridge import BridgeLauncher
@@ -160,3 +162,56 @@ async def test_workers_without_timings_keep_the_depth() -> None:
                     tg.start_soon(caller)
             assert most <= pool.config.pipeline_depth
             assert pool.call_costs == {}
+
+
+async def test_a_backlog_is_dispatched_as_least_loaded_picking_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When room frees behind a backlog, the pool gives the least-loaded worker a run of calls
+    at once (one scheduler update for the run, docs/performance.md item 22). Whatever the
+    workers' loads and the retries in the queue (a retry avoids the worker it failed on), the
+    calls go where picking the least-loaded worker for each call in turn sends them: the same
+    worker for each call, in the same order, ties taken round robin."""
+    depth = 4
+    sent: list[tuple[str, int]] = []
+    fake_ids = iter(range(1_000_000, 2_000_000))
+
+    def submit(self: Worker, call: Call) -> None:  # record, and hold the call as sent
+        self._inflight[next(fake_ids)] = call
+        call.worker, call.status = self, CallStatus.SENT
+        sent.append((self.id, call.seq))
+
+    rng = random.Random(20261121)
+    with anyio.fail_after(scaled(10)):
+        async with _pool(min_workers=3, max_workers=3, pipeline_depth=depth) as pool:
+            workers = pool.workers()
+            monkeypatch.setattr(Worker, "submit", submit)
+            for _ in range(300):
+                loads = [rng.randrange(depth + 1) for _ in workers]
+                queue = [_call() for _ in range(rng.randrange(12))]
+                for call in queue:
+                    if rng.random() < 0.2:
+                        call.avoid = rng.choice(workers)
+                # The model: a scheduler that is told of every call, one at a time.
+                model: Scheduler[Worker] = Scheduler(depth)
+                for worker, load in zip(workers, loads, strict=True):
+                    worker._inflight = {10_000 + i: _call() for i in range(load)}
+                    pool._sched.update(worker, load, _room(worker))
+                    model.update(worker, load, load < depth)
+                expected: list[tuple[str, int]] = []
+                held = dict(zip(workers, loads, strict=True))
+                for call in queue:
+                    picked = model.pick()
+                    if picked is None:
+                        break
+                    if call.avoid is not None and picked is call.avoid:
+                        picked = model.pick_other(picked) or picked
+                    held[picked] += 1
+                    model.update(picked, held[picked], held[picked] < depth)
+                    expected.append((picked.id, call.seq))
+                sent.clear()
+                pool._queue.extend(queue)
+                pool._dispatch()
+                assert sent == expected, (loads, [c.avoid.id if c.avoid else None for c in queue])
+                pool._queue.clear()
+            for worker in workers:  # let the pool close: it holds nothing
+                worker._inflight = {}
+                pool._sched.update(worker, 0, _room(worker))

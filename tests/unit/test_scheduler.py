@@ -132,4 +132,21 @@ def test_picks_match_a_full_scan_whatever_the_order_of_updates(
             assert sched.pick() == expected
             others = {w: v for w, v in model.items() if w != worker}
             assert sched.pick_other(worker) == (min(others, key=others.__getitem__) if others else None)
+            lowest_other = min((w_load for w_load, _ in others.values()), default=depth)
+            assert sched.level_of_others(worker) == lowest_other
         assert len(sched) == len(model)
+
+
+def test_level_of_others_is_how_far_the_least_loaded_worker_leads() -> None:
+    """The pool gives the picked worker calls until its load reaches the level of the next
+    worker (a dispatch run): the lowest load among the others, or the depth if none has room."""
+    sched: Scheduler[str] = Scheduler(8)
+    sched.update("a", 1)
+    assert sched.level_of_others("a") == 8  # alone: up to the depth
+    sched.update("b", 5)
+    assert sched.level_of_others("a") == 5
+    assert sched.level_of_others("b") == 1
+    sched.update("c", 1)
+    assert sched.level_of_others("a") == 1  # a tie: one call, then round robin
+    sched.update("c", 3, available=False)
+    assert sched.level_of_others("a") == 5  # a worker without room does not count
