@@ -61,6 +61,7 @@ _STDERR_TAIL = 20
 # Read once per reply: a module global is one lookup, ``proto.FrameKind.RESULT`` three.
 _RESULT, _ERROR, _FLAG_TIMING = proto.FrameKind.RESULT, proto.FrameKind.ERROR, proto.FLAG_TIMING
 _SENT = CallStatus.SENT
+_timing, _TIMING_SIZE, _CODEC_MASK = proto.TIMING.unpack_from, proto.TIMING.size, 0x000F
 # Weight of the newest run time in a target's running estimate (the adaptive pipeline window).
 # 1/8 forgets a burst of slow calls within ~40 fast ones, and one slow call alone lifts the
 # estimate at once (100 ms makes it >= 12 ms): the window closes on the first sign of slow calls.
@@ -626,7 +627,7 @@ class Worker:
             for frame in frames:
                 kind = frame.kind
                 if kind is _RESULT or kind is _ERROR:
-                    if self._on_reply(frame, kind):
+                    if self._on_reply(frame):
                         ended = True
                 else:
                     self._on_frame(frame)
@@ -640,7 +641,7 @@ class Worker:
     def _on_frame(self, frame: proto.Frame) -> None:
         kind = frame.kind
         if kind is _RESULT or kind is _ERROR:
-            if self._on_reply(frame, kind):
+            if self._on_reply(frame):
                 self._after_call()
         elif kind is proto.FrameKind.CANCELLED:
             call = self._inflight.pop(frame.call_id, None)
@@ -664,32 +665,42 @@ class Worker:
         else:
             self._protocol_fault(f"unexpected {kind.name} frame from worker")
 
-    def _on_reply(self, frame: proto.Frame, kind: proto.FrameKind) -> bool:
+    def _on_reply(self, frame: proto.Frame) -> bool:
         """A RESULT or ERROR: end its call. Returns True if a call left the in-flight table
-        (the caller then reports the worker's capacity: :meth:`_after_call`)."""
-        call = self._pop(frame.call_id, kind)
-        if call is None:
+        (the caller then reports the worker's capacity: :meth:`_after_call`).
+
+        The in-order check and the timing block are inline: this runs once per reply."""
+        kind, call_id, flags, payload = frame
+        inflight = self._inflight
+        call = next(iter(inflight.values()), None)  # the call running now (self.head())
+        if call is None or call.call_id != call_id:
+            self._protocol_fault(
+                f"{kind.name} for call {call_id}, but the call running is "
+                f"{call.call_id if call else 'none'} (replies must come in order)"
+            )
             return False
+        del inflight[call_id]
         self.calls_completed += 1
-        payload = frame.payload
-        if frame.flags & _FLAG_TIMING:
-            try:
-                call.run_ns, call.cpu_ns, payload = proto.split_timing(payload)
-            except proto.ProtocolViolation as exc:
-                self._inflight = {call.call_id: call, **self._inflight}
-                self._protocol_fault(str(exc))
+        if flags & _FLAG_TIMING:
+            if len(payload) < _TIMING_SIZE:
+                self._inflight = {call_id: call, **inflight}
+                self._protocol_fault(f"FLAG_TIMING set, but the body has only {len(payload)} bytes")
                 return False
+            run_ns, cpu_ns = _timing(payload)
+            payload = payload[_TIMING_SIZE:]
+            call.run_ns = run_ns
+            call.cpu_ns = None if cpu_ns == proto.CPU_UNKNOWN else cpu_ns
         if self._adaptive:
             self._measure(call)
         if call.status is _SENT:
             if kind is _RESULT:
-                call.succeed(payload, frame.codec)
+                call.succeed(payload, flags & _CODEC_MASK)
             elif not isinstance(self._json(payload), dict):
                 # A worker that cannot describe its own error is not trustworthy: a
                 # protocol fault like any other (the call fails with ProtocolError, the
                 # worker is replaced, the breakers count it).
-                self._inflight = {call.call_id: call, **self._inflight}
-                self._protocol_fault(f"ERROR frame for call {call.call_id} is not a JSON object")
+                self._inflight = {call_id: call, **self._inflight}
+                self._protocol_fault(f"ERROR frame for call {call_id} is not a JSON object")
                 return False
             else:
                 call.fail(self._remote_error(call, payload))
@@ -707,17 +718,6 @@ class Worker:
         if old is None and len(costs) >= _MAX_TARGETS:
             costs.clear()
         costs[name] = ran if old is None else old + (ran - old) * _EWMA_WEIGHT
-
-    def _pop(self, call_id: int, kind: proto.FrameKind) -> Call | None:
-        head = next(iter(self._inflight.values()), None)  # self.head(), inline: once per reply
-        if head is None or head.call_id != call_id:
-            self._protocol_fault(
-                f"{kind.name} for call {call_id}, but the call running is "
-                f"{head.call_id if head else 'none'} (replies must come in order)"
-            )
-            return None
-        del self._inflight[call_id]
-        return head
 
     def _after_call(self) -> None:
         if not self._inflight:

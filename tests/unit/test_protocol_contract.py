@@ -480,3 +480,24 @@ async def test_a_bad_reply_after_a_good_one_in_the_same_read_fails_only_its_own_
     assert len(errors) == 1, results
     assert "replies must come in order" in str(errors[0])
     assert [r for r in results if r not in errors] in ([1], [2])
+
+
+async def test_a_reply_whose_timing_block_is_short_is_a_protocol_error() -> None:
+    """FLAG_TIMING on a reply promises a 16-byte block before the payload (docs/protocol.md
+    2.1); a body shorter than that fails the call with ProtocolError and the worker goes."""
+
+    def short(frame: proto.Frame) -> list[bytes]:
+        if frame.kind is not K.RESULT:
+            return [
+                proto.encode_frame(
+                    frame.kind, frame.call_id, frame.payload, frame.codec, frame.flags & ~0x000F
+                )
+            ]
+        return [proto.encode_frame(K.RESULT, frame.call_id, b"1", proto.Codec.JSON, proto.FLAG_TIMING)]
+
+    launcher = WireLauncher(short)
+    with anyio.fail_after(scaled(10)):
+        async with Pool(launcher=launcher, min_workers=1, telemetry=NO_OTEL) as pool:
+            with pytest.raises(ProtocolError, match="FLAG_TIMING set, but the body has only 1 bytes"):
+                await pool.call(targets.echo, 1)
+            await wait_until(lambda: launcher.wires[0].returncode is not None, scaled(5), "worker gone")
