@@ -78,6 +78,7 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!2sBBHQII")
 HEADER_SIZE = HEADER.size  # 22
 _PREFIX = struct.Struct("!2sBBHQI")  # the header without its checksum
+_pack_prefix, _pack_checksum, _crc32 = _PREFIX.pack, struct.Struct("!I").pack, zlib.crc32
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 _CODEC_MASK = 0x000F
 _CODECS = frozenset({0, 1})
@@ -146,15 +147,24 @@ class Frame(NamedTuple):
 
 
 def encode_frame(
-    kind: int, call_id: int, payload: bytes = b"", codec: int = Codec.JSON, flags: int = 0
+    kind: int,
+    call_id: int,
+    payload: bytes = b"",
+    codec: int = Codec.JSON,
+    flags: int = 0,
+    blocks: bytes = b"",
 ) -> bytes:
     """Return one complete frame (header + body) as bytes. ``flags`` are the extension bits
-    (FLAG_TRACE, FLAG_TIMING); ``payload`` must then already start with their blocks."""
+    (FLAG_TRACE, FLAG_TIMING); their blocks, in order, are ``blocks``, or else ``payload``
+    must already start with them. (``blocks`` spares a copy of the payload: the frame is
+    joined from its parts once, not concatenated twice.)"""
     if codec not in _CODECS:
         raise ValueError(f"unknown payload codec {codec!r}")
-    prefix = _PREFIX.pack(MAGIC, PROTOCOL_VERSION, kind, codec | flags, call_id, len(payload))
-    checksum = zlib.crc32(payload, zlib.crc32(prefix))
-    return prefix + checksum.to_bytes(4, "big") + payload
+    prefix = _pack_prefix(MAGIC, PROTOCOL_VERSION, kind, codec | flags, call_id, len(blocks) + len(payload))
+    if blocks:
+        checksum = _crc32(payload, _crc32(blocks, _crc32(prefix)))
+        return b"".join((prefix, _pack_checksum(checksum), blocks, payload))
+    return b"".join((prefix, _pack_checksum(_crc32(payload, _crc32(prefix))), payload))
 
 
 def split_trace(payload: bytes) -> tuple[bytes, bytes]:

@@ -265,15 +265,15 @@ class Worker:
                 now=len(self._inflight) == 1,
             )
             return
-        body = call.payload
+        body, blocks = call.payload, b""
         if ext & proto.FLAG_TRACE:
             assert call.trace is not None
             if len(body) + len(call.trace) <= self._max_frame:
-                body = call.trace + body
+                blocks = call.trace
             else:  # the trace block would push it over the limit: send it untraced
                 ext &= ~proto.FLAG_TRACE
         self._put(
-            proto.encode_frame(proto.FrameKind.CALL, call_id, body, call.codec, ext),
+            proto.encode_frame(proto.FrameKind.CALL, call_id, body, call.codec, ext, blocks),
             now=len(self._inflight) == 1,
         )
 

@@ -78,6 +78,18 @@ def test_every_kind_round_trips(kind: FrameKind, codec: Codec) -> None:
     assert decoder.buffered == 0
 
 
+@given(frame_specs, payloads, st.integers(min_value=0, max_value=0xFFF0).map(lambda f: f & ~0xF))
+def test_extension_blocks_given_apart_make_the_same_frame_as_in_the_payload(
+    spec: tuple[FrameKind, int, bytes, Codec], blocks: bytes, flags: int
+) -> None:
+    """``blocks`` is only a way to pass the extension blocks without copying the payload: the
+    bytes on the wire are those of the blocks written at the start of the payload."""
+    kind, call_id, payload, codec = spec
+    joined = encode_frame(kind, call_id, payload, codec, flags, blocks)
+    assert joined == encode_frame(kind, call_id, blocks + payload, codec, flags)
+    assert FrameDecoder().feed(joined) == [Frame(kind, call_id, int(codec) | flags, blocks + payload)]
+
+
 @given(specs=st.lists(frame_specs, max_size=8), data=st.data())
 def test_any_chunking_of_a_stream_decodes_to_the_same_frames(
     specs: list[tuple[FrameKind, int, bytes, Codec]], data: st.DataObject

@@ -564,11 +564,16 @@ def _spy_call_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real = proto.encode_frame
 
     def spy(
-        kind: int, call_id: int, payload: bytes = b"", codec: int = proto.Codec.JSON, flags: int = 0
+        kind: int,
+        call_id: int,
+        payload: bytes = b"",
+        codec: int = proto.Codec.JSON,
+        flags: int = 0,
+        blocks: bytes = b"",
     ) -> bytes:
         if kind == proto.FrameKind.CALL:
             seen.append(flags)
-        return real(kind, call_id, payload, codec, flags)
+        return real(kind, call_id, payload, codec, flags, blocks)
 
     monkeypatch.setattr(proto, "encode_frame", spy)
     return seen

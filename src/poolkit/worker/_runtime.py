@@ -98,14 +98,16 @@ EXIT_STARTUP_FAILED = 3
 EXIT_PROTOCOL_VIOLATION = 4
 _READ_SIZE = 65536  # what a pipe holds; 256 KiB would be a fresh mmap per read in glibc (~14 us)
 _POLL_INTERVAL = 0.0005  # seconds between two checks for input between calls (serve)
-_JSON = Codec.JSON
-_PICKLE = Codec.PICKLE
+_JSON, _PICKLE = int(Codec.JSON), int(Codec.PICKLE)  # a frame's codec bits, compared as ints
+_CODEC_MASK = 0x000F
+_perf_ns = time.perf_counter_ns
+_pack_timing = TIMING.pack
 _pickle_loads, _pickle_dumps, _HIGHEST = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
 _CALL, _CANCEL, _PING, _SHUTDOWN = FrameKind.CALL, FrameKind.CANCEL, FrameKind.PING, FrameKind.SHUTDOWN
+_RESULT = FrameKind.RESULT
 _SESSION_END = FrameKind.SESSION_END
 _STATM = "/proc/self/statm" if sys.platform.startswith("linux") else None
 _F = TypeVar("_F", bound=Callable[[], object])
-_EXTENSIONS = FLAG_TRACE | FLAG_TIMING
 #: What this runtime announces in READY (docs/protocol.md): the pool uses each only if announced.
 FEATURES = ("session_end", "pong_rss", "trace_context", "timings", "map_chunks")
 
@@ -142,6 +144,10 @@ def _trace_context(block: bytes) -> TraceContext:
     return TraceContext(trace_id.hex(), span_id.hex(), bool(flags & 1))
 
 
+def _start_timing() -> tuple[int, int]:
+    return _perf_ns(), time.process_time_ns()
+
+
 def _timing_block(timing: tuple[int, int] | None) -> bytes:
     """The TIMING block of a call timed from ``timing`` (its start: wall, CPU or -1 for a
     FLAG_WALL_ONLY call, whose CPU time nobody wants: the CPU clock is a system call)."""
@@ -149,8 +155,8 @@ def _timing_block(timing: tuple[int, int] | None) -> bytes:
         return b""
     wall, cpu = timing
     if cpu < 0:
-        return TIMING.pack(time.perf_counter_ns() - wall, CPU_UNKNOWN)
-    return TIMING.pack(time.perf_counter_ns() - wall, max(0, time.process_time_ns() - cpu))
+        return _pack_timing(_perf_ns() - wall, CPU_UNKNOWN)
+    return _pack_timing(_perf_ns() - wall, max(0, time.process_time_ns() - cpu))
 
 
 def _worker_span(block: bytes) -> Any:
@@ -277,7 +283,7 @@ class _Channel:
             cut = max(16, self.limit // 32)
             data = _dumps({k: v[:cut] if isinstance(v, str) else v for k, v in obj.items()})
         if timing:
-            self.send(encode_frame(kind, call_id, timing + data, _JSON, FLAG_TIMING))
+            self.send(encode_frame(kind, call_id, data, _JSON, FLAG_TIMING, timing))
         else:
             self.send(encode_frame(kind, call_id, data, _JSON))
 
@@ -480,7 +486,6 @@ class _Worker:
         # Guarded by ``reader``, which the main thread holds except while a call runs:
         self.decoder = FrameDecoder(spec["max_frame_size"])
         self.pending: deque[Frame] = deque()  # CALL and SESSION_END frames, in arrival order
-        self.pending_ids: set[int] = set()
         self.cancelled: set[int] = set()
         self.shutting_down = False
         self.halted = False  # the heartbeat thread read EOF or a bad frame during a call
@@ -544,7 +549,6 @@ class _Worker:
                 if frame.kind is _SESSION_END:
                     self.end_session(frame.payload)
                     continue
-                self.pending_ids.discard(frame.call_id)
                 if cancelled and frame.call_id in cancelled:
                     # Answered here, in its place: the parent gets answers in CALL order.
                     cancelled.discard(frame.call_id)
@@ -569,14 +573,16 @@ class _Worker:
             kind, call_id = frame.kind, frame.call_id
             if kind is _CALL:
                 self.pending.append(frame)
-                self.pending_ids.add(call_id)
             elif kind is _PING:
                 self.channel.send(encode_frame(FrameKind.PONG, call_id, _pong_payload()))
             elif kind is _CANCEL:
                 # Only a call still waiting here can be skipped; one that ran or is running
-                # is past cancelling, and its RESULT/ERROR tells the parent so.
-                if call_id in self.pending_ids:
-                    self.cancelled.add(call_id)
+                # is past cancelling, and its RESULT/ERROR tells the parent so. (The queue is
+                # searched, rarely, rather than a set of its ids kept on every call.)
+                for waiting in self.pending:
+                    if waiting.call_id == call_id and waiting.kind is _CALL:
+                        self.cancelled.add(call_id)
+                        break
             elif kind is _SHUTDOWN:
                 self.shutting_down = True
             elif kind is _SESSION_END:
@@ -590,45 +596,47 @@ class _Worker:
         """Run one call with input handed to the heartbeat thread for the whole of it: decoding
         (unpickling may import modules), resolving (importing the target), running and encoding
         can each take long, and the parent must hear PONGs throughout."""
-        self.running = frame.call_id
+        call_id = self.running = frame.call_id
         reader = self.reader
         reader.release()
         try:
-            if frame.flags & _EXTENSIONS:  # telemetry: timings, trace context
-                self.run_extended(frame)
+            flags = frame.flags
+            if flags & FLAG_TRACE:
+                self.run_traced(frame)
+            elif not flags & FLAG_TIMING:
+                self.answer(call_id, flags & _CODEC_MASK, frame.payload, None, None)
+            elif flags & FLAG_WALL_ONLY:  # the pool's own scheduling asks for the run time
+                self.answer(call_id, flags & _CODEC_MASK, frame.payload, None, (_perf_ns(), -1))
             else:
-                self.answer(frame.call_id, frame.codec, frame.payload, None, None)
+                self.answer(call_id, flags & _CODEC_MASK, frame.payload, None, _start_timing())
         finally:
             self.running = 0
             if not reader.acquire(False):
                 self.take_back_input()
 
-    def run_extended(self, frame: Frame) -> None:
-        """The same call, timed (FLAG_TIMING: the reply carries wall and CPU nanoseconds, or
-        only wall with FLAG_WALL_ONLY) and
-        inside the caller's trace (FLAG_TRACE: :func:`trace_context` returns it while the call
-        runs, and when this process has an OpenTelemetry SDK configured the call runs in a
-        ``poolkit.worker.run`` span that is a child of the pool's call span)."""
+    def run_traced(self, frame: Frame) -> None:
+        """The same call inside the caller's trace (FLAG_TRACE: :func:`trace_context` returns it
+        while the call runs, and when this process has an OpenTelemetry SDK configured the call
+        runs in a ``poolkit.worker.run`` span that is a child of the pool's call span), and
+        timed if asked (FLAG_TIMING: the reply carries wall and CPU nanoseconds, or only wall
+        with FLAG_WALL_ONLY)."""
         flags = frame.flags
         if not flags & FLAG_TIMING:
             timing = None
         elif flags & FLAG_WALL_ONLY:
-            timing = (time.perf_counter_ns(), -1)
+            timing = (_perf_ns(), -1)
         else:
-            timing = (time.perf_counter_ns(), time.process_time_ns())
-        payload = frame.payload
-        if not flags & FLAG_TRACE:
-            self.answer(frame.call_id, frame.codec, payload, None, timing)
-            return
-        block, payload = split_trace(payload)
+            timing = _start_timing()
+        codec = flags & _CODEC_MASK
+        block, payload = split_trace(frame.payload)
         token = _current_trace.set(_trace_context(block))
         try:
             span = _worker_span(block) if "opentelemetry.trace" in sys.modules else None
             if span is None:
-                self.answer(frame.call_id, frame.codec, payload, None, timing)
+                self.answer(frame.call_id, codec, payload, None, timing)
             else:
                 with span as current:
-                    self.answer(frame.call_id, frame.codec, payload, current, timing)
+                    self.answer(frame.call_id, codec, payload, current, timing)
         finally:
             _current_trace.reset(token)
 
@@ -639,9 +647,9 @@ class _Worker:
         ch = self.channel
         phase = "decoding"
         try:
-            if codec is not _JSON and self.json_only:
+            if codec != _JSON and self.json_only:
                 raise ValueError("this worker is configured for the json codec; it refuses pickle")
-            call = _pickle_loads(payload) if codec is _PICKLE else decode_payload(payload, codec)
+            call = _pickle_loads(payload) if codec == _PICKLE else decode_payload(payload, codec)
             if type(call) not in (list, tuple) or len(call) not in (3, 4):
                 raise TypeError("a CALL payload is [target, args, kwargs] or [..., session_key]")
             target, args, kwargs = call[0], call[1], call[2]
@@ -670,7 +678,7 @@ class _Worker:
                         writer.flush_partial()
                 ch.call_id = 0
             phase = "encoding"
-            data = _pickle_dumps(result, _HIGHEST) if codec is _PICKLE else encode_payload(result, codec)
+            data = _pickle_dumps(result, _HIGHEST) if codec == _PICKLE else encode_payload(result, codec)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit too: a call cannot end the worker
@@ -687,9 +695,9 @@ class _Worker:
             ch.send_json(FrameKind.ERROR, call_id, {**body, "size": len(data), "limit": ch.limit})
             return
         if timing is None:
-            ch.send(encode_frame(FrameKind.RESULT, call_id, data, codec))
+            ch.send(encode_frame(_RESULT, call_id, data, codec))
         else:
-            ch.send(encode_frame(FrameKind.RESULT, call_id, _timing_block(timing) + data, codec, FLAG_TIMING))
+            ch.send(encode_frame(_RESULT, call_id, data, codec, FLAG_TIMING, _timing_block(timing)))
 
     def resolve(self, target: str) -> Any:
         """``"pkg.mod:attr.sub"`` imports; a bare ``"name"`` is a handler method (refused as
