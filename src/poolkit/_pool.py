@@ -1302,7 +1302,6 @@ class Pool:
     def _dispatch(self) -> None:
         queue = self._queue
         sched = self._sched
-        moved = False
         while queue:
             call = queue[0]
             if call.session is not None:
@@ -1310,7 +1309,6 @@ class Pool:
                 if routed is _BLOCK:
                     break
                 queue.popleft()
-                moved = True
                 if routed is _HANDLED:
                     continue
                 worker = cast(Worker, routed)
@@ -1328,14 +1326,12 @@ class Pool:
                     # hears of it once. Picking afresh for each call would choose it each time
                     # (item 22): after a read of ~30 replies, one worker has room for ~30.
                     self._dispatch_run(call, worker, sched.level_of_others(worker))
-                    moved = True
                     continue
             worker.submit(call)
             sched.update(worker, worker.load, worker.has_room)
-            moved = True
             if self._tel.calls:
                 self._emit_dispatched(call, worker)
-        if moved or self._line:  # room may come from a worker, not the queue (max_queue=0)
+        if self._line:  # room may come from a worker, not the queue (max_queue=0)
             self._notify_room()
         if queue:
             self._maybe_scale_up()
