@@ -71,6 +71,56 @@ def sleep_until(when: float) -> None:
         time.sleep(delay)
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_CLOCK_MONOTONIC = 1  # time.perf_counter's clock on Linux
+_TFD_TIMER_ABSTIME = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _timespec(seconds: float) -> _Timespec:
+    ns = round(seconds * 1e9)
+    return _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+def periodic_timer_fd(first: float, period: float) -> int | None:
+    """A Linux timerfd that becomes readable at ``first`` (a ``time.perf_counter`` time) and
+    every ``period`` seconds after it; each read returns the expiries since the last one (8
+    bytes, native order). None where there is no timerfd (then the caller times sends with a
+    thread).
+
+    The open-loop latency workload of the async systems waits on it in their event loop, so
+    the kernel's timer wakes the loop itself at each intended send time: one wake-up per
+    call before it is sent, as the sync systems' sender thread has, rather than a sender
+    thread's wake-up and then the loop's. (asyncio cannot time it: epoll rounds its timeout
+    up to the next millisecond. ``os.timerfd_create`` is Python 3.13's; this is the same
+    system call through ctypes.)"""
+    if not hasattr(time, "CLOCK_MONOTONIC") or time.get_clock_info("perf_counter").implementation != (
+        "clock_gettime(CLOCK_MONOTONIC)"
+    ):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        create, settime = libc.timerfd_create, libc.timerfd_settime
+    except (OSError, AttributeError):
+        return None
+    fd = int(create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC))
+    if fd < 0:
+        return None
+    spec = _Itimerspec(_timespec(period), _timespec(first))
+    if int(settime(fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None)) != 0:
+        os.close(fd)
+        return None
+    return fd
+
+
 # --------------------------------------------------------------------------- process trees
 def _ppid_map() -> dict[int, int]:
     parents: dict[int, int] = {}

@@ -446,10 +446,15 @@ async def async_throughput(pool: AsyncPool, system: System, spec: Spec) -> dict[
 
 
 async def async_latency(pool: AsyncPool, system: System, spec: Spec) -> dict[str, Any]:
-    """Open loop: a sender thread wakes at each intended send time and hands the call to the
-    event loop (``call_soon_threadsafe``: the loop wakes at once, as for a request arriving on a
-    socket). The asyncio loop itself cannot time the sends: epoll rounds its timeouts up to
-    the next millisecond."""
+    """Open loop: at each intended send time the call is started from the event loop, woken
+    by a kernel timer (a timerfd it watches, :func:`common.periodic_timer_fd`): one wake-up
+    of the calling thread per call, as the sync systems' sender thread has, and as a request
+    arriving on a socket gives an async server. The asyncio loop cannot time the sends with
+    its own timers: epoll rounds its timeouts up to the next millisecond.
+
+    Without a timerfd (not Linux), a sender thread wakes at each intended time and hands the
+    call to the loop (``call_soon_threadsafe``): a second wake-up per call, which every async
+    row then carries (docs/performance.md item 24)."""
     async with pool:
         warm_items = list(range(200))
         _check(await async_calls(pool, echo, warm_items), warm_items)
@@ -480,25 +485,67 @@ async def async_latency(pool: AsyncPool, system: System, spec: Spec) -> dict[str
             # more to start, which every async row's latency would carry (item 16).
             tasks.append(loop.create_task(one(i, intended)))
 
-        context = contextvars.copy_context()  # the loop thread's: anyio finds its backend there
-
-        def sender() -> None:
-            precise.append(common.precise_sleeps())
-            start = time.perf_counter() + 0.05
-            for i in range(n):
-                intended = start + i / rate
-                common.sleep_until(intended)
-                loop.call_soon_threadsafe(start_call, i, intended, context=context)
-
         gc.collect()
-        await anyio.to_thread.run_sync(sender)
+        start = time.perf_counter() + 0.05
+        timer = common.periodic_timer_fd(start, 1 / rate)
+        if timer is not None:
+            precise.append(True)  # a timerfd has no timer slack
+            await _timer_sends(loop, timer, n, start, rate, start_call)
+        else:
+            context = contextvars.copy_context()  # the loop thread's: anyio finds its backend there
+
+            def sender() -> None:
+                precise.append(common.precise_sleeps())
+                for i in range(n):
+                    intended = start + i / rate
+                    common.sleep_until(intended)
+                    loop.call_soon_threadsafe(start_call, i, intended, context=context)
+
+            await anyio.to_thread.run_sync(sender)
         all_done = await _apoll(lambda: settled >= n, spec["call_timeout"])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return _latency_result(
+        out = _latency_result(
             lat, lag, failed, warm, n, bool(precise and precise[0]), all_done, pool.describe()
         )
+        out["send_timer"] = "timerfd" if timer is not None else "thread"
+        return out
+
+
+async def _timer_sends(
+    loop: asyncio.AbstractEventLoop,
+    timer: int,
+    n: int,
+    start: float,
+    rate: float,
+    start_call: Callable[[int, float], None],
+) -> None:
+    """Start call ``i`` at ``start + i / rate`` for i < n, from the loop's read callback of
+    ``timer`` (a periodic timerfd from ``start``). Every call whose time has come is started
+    when the loop wakes, so an expiry the loop was too busy to see is caught up, not lost."""
+    done = loop.create_future()
+    sent = 0
+
+    def tick() -> None:
+        nonlocal sent
+        try:
+            os.read(timer, 8)
+        except BlockingIOError:
+            return  # woken with nothing expired: wait for the next
+        now = time.perf_counter()
+        while sent < n and start + sent / rate <= now:
+            start_call(sent, start + sent / rate)
+            sent += 1
+        if sent >= n and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(timer, tick)
+    try:
+        await done
+    finally:
+        loop.remove_reader(timer)
+        os.close(timer)
 
 
 async def _apoll(predicate: Callable[[], bool], timeout: float) -> bool:
