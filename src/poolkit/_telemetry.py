@@ -10,7 +10,9 @@ pool nobody observes pays one truth test per step.
 "A configured SDK" is decided when the pool starts: the provider passed to ``Pool(...)``,
 else OpenTelemetry's global one, counts unless it is the API's own no-op or proxy provider
 (``type(provider).__module__`` inside ``opentelemetry.trace`` / ``opentelemetry.metrics``).
-Configure the SDK before starting the pool.
+Configure the SDK before starting the pool. When nothing has imported the API and the
+environment names no provider for it to load, no SDK can be configured, and the pool does
+not import the API only to find its no-op (:func:`_may_be_configured`).
 
 Names (spans, metrics, attributes) follow OpenTelemetry's semantic-convention style and are
 listed in ``docs/telemetry.md``; a test keeps the two in step.
@@ -23,6 +25,8 @@ import dataclasses
 import enum
 import logging
 import math
+import os
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -97,6 +101,18 @@ DURATION_BUCKETS = (
 _DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
 
+def _may_be_configured(api_module: str, env_var: str) -> bool:
+    """Could OpenTelemetry's global provider be an SDK's? Only if something has imported the
+    API module (an SDK sets its provider through it: ``set_tracer_provider``), or if the
+    environment names a provider for the API to load (``OTEL_PYTHON_TRACER_PROVIDER``,
+    ``OTEL_PYTHON_METER_PROVIDER``). Otherwise importing the API would only find its no-op,
+    and it costs every pool that does not use OpenTelemetry: the API and, through its
+    provider lookup, ``importlib.metadata`` and ``email`` are ~15,000 objects that every full
+    garbage collection of the parent then scans (~5 ms more on this host, in the event loop),
+    and tens of milliseconds at start (docs/performance.md item 24)."""
+    return api_module in sys.modules or env_var in os.environ
+
+
 def _real(provider: Any, api_module: str) -> bool:
     """Is ``provider`` an SDK (something that records), not the API's no-op or proxy?"""
     return provider is not None and not type(provider).__module__.startswith(api_module)
@@ -134,7 +150,7 @@ class Telemetry:
         """Find the OpenTelemetry SDK, if one is configured (module docstring)."""
         if self._want_traces and self.traces is None:
             provider = self._tracer_provider
-            if provider is None:
+            if provider is None and _may_be_configured("opentelemetry.trace", "OTEL_PYTHON_TRACER_PROVIDER"):
                 from opentelemetry import trace
 
                 provider = trace.get_tracer_provider()
@@ -142,7 +158,7 @@ class Telemetry:
                 self.traces = TraceSink(provider, self.pool_name)
         if self._want_metrics and self.metrics is None:
             provider = self._meter_provider
-            if provider is None:
+            if provider is None and _may_be_configured("opentelemetry.metrics", "OTEL_PYTHON_METER_PROVIDER"):
                 from opentelemetry import metrics
 
                 provider = metrics.get_meter_provider()

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, TypeVar
 
@@ -1006,6 +1009,60 @@ async def test_no_spans_without_a_tracer(layer: str, traces: Traces, how: str) -
             assert not calls_on(pool)
             assert await pool.call(current_trace) is None
     assert traces.exporter.get_finished_spans() == ()
+
+
+# A fresh interpreter: this one has imported OpenTelemetry's API already (the fixtures above).
+_FIND_SDK = """
+import os, sys, anyio
+from poolkit import Pool
+from poolkit.testing import BridgeLauncher
+if os.environ.get("SET_GLOBAL"):
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    trace.set_tracer_provider(TracerProvider())
+    metrics.set_meter_provider(MeterProvider())
+async def main():
+    async with Pool(min_workers=1, heartbeat_interval=None, launcher=BridgeLauncher()) as pool:
+        assert await pool.call("math:factorial", 3) == 6
+        found = (pool._tel.traces is not None, pool._tel.metrics is not None)
+    print(found, "opentelemetry" in sys.modules)
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "found"),
+    [
+        ({}, "(False, False) False"),
+        ({"SET_GLOBAL": "1"}, "(True, True) True"),
+        (
+            {
+                "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider",
+                "OTEL_PYTHON_METER_PROVIDER": "sdk_meter_provider",
+            },
+            "(True, True) True",
+        ),
+    ],
+    ids=["nothing_configured", "global_sdk_set", "providers_named_in_the_environment"],
+)
+def test_a_pool_imports_opentelemetry_only_where_an_sdk_may_be_configured(
+    env: dict[str, str], found: str
+) -> None:
+    """With nothing importing OpenTelemetry and no provider named in the environment, a pool
+    does not import the API only to find its no-op (a start-up and garbage-collection cost,
+    docs/performance.md item 24). A global SDK set before the pool starts, or a provider the
+    environment names for the API to load, is still found, for traces and for metrics."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _FIND_SDK],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == found
 
 
 async def test_bridge_worker_sees_the_call_spans_trace_context(traces: Traces) -> None:
