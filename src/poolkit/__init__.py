@@ -85,7 +85,7 @@ if TYPE_CHECKING:
     )
     from ._session import PoolSession
     from ._state import IllegalTransition, PoolState, WorkerState
-    from ._sync import SyncPool
+    from ._sync import SyncPool, SyncSession
     from ._telemetry import EventStream, EventStreamOverflow
 
 __version__ = "0.1.0"
@@ -147,6 +147,7 @@ _EXPORTS: dict[str, str] = {
     "SessionStateLost": "._events",
     "SessionUnavailable": "._errors",
     "SyncPool": "._sync",
+    "SyncSession": "._sync",
     "SystemClock": "._clock",
     "TelemetryPolicy": "._config",
     "WorkerCrashed": "._errors",
@@ -221,6 +222,7 @@ __all__ = [
     "SessionStateLost",
     "SessionUnavailable",
     "SyncPool",
+    "SyncSession",
     "SystemClock",
     "TelemetryPolicy",
     "WorkerCrashed",

@@ -22,13 +22,14 @@ from typing import Any, Literal, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._config import PoolConfig
+from ._config import AffinityMode, PoolConfig
 from ._errors import PoolClosed
 from ._map import MapIterator
 from ._pool import Pool, PoolStatistics
+from ._session import PoolSession
 from ._transport import Launcher
 
-__all__ = ["SyncPool"]
+__all__ = ["SyncPool", "SyncSession"]
 
 _BACKENDS = ("asyncio", "trio")
 _T = TypeVar("_T")
@@ -42,11 +43,11 @@ class SyncPool:
     RuntimeError (nothing runs yet); after it, :class:`~poolkit.PoolClosed`, as the async
     pool raises after close.
 
-    Sessions go by key: ``pool.call(target, ..., session="user-42")`` runs on that session's
-    worker, in order, in the mode ``config.sessions.mode`` says, and :meth:`end_session`
-    ends it (the worker drops its state at once instead of at the TTL). There is no blocking
-    counterpart of the async ``pool.session()`` handle: a key does its job here, in the
-    pool's configured mode.
+    Sessions: ``with pool.session("user-42") as s: s.call(target, ...)`` (a
+    :class:`SyncSession`, the blocking counterpart of :meth:`Pool.session`, with its own
+    ``mode`` if given), or by key: ``pool.call(target, ..., session="user-42")`` runs on that
+    session's worker, in order, in the mode ``config.sessions.mode`` says, and
+    :meth:`end_session` ends it (the worker drops its state at once instead of at the TTL).
     """
 
     def __init__(
@@ -192,6 +193,11 @@ class SyncPool:
             with contextlib.suppress(PoolClosed):
                 self._run(portal, results.aclose)
 
+    def session(self, key: str | int, *, mode: AffinityMode | None = None) -> SyncSession:
+        """Blocking :meth:`Pool.session`: a handle whose calls share one worker (see
+        :class:`SyncSession`). The key and mode are checked here, as the async pool does."""
+        return SyncSession(self, self._pool.session(key, mode=mode))
+
     def end_session(self, key: str | int) -> None:
         """Blocking :meth:`Pool.end_session`: end session ``key`` after its calls in hand."""
         portal = self._require_portal()
@@ -202,6 +208,92 @@ class SyncPool:
 
     def __repr__(self) -> str:
         return repr(self._pool).replace("<Pool", "<SyncPool", 1)
+
+
+class SyncSession:
+    """A session handle from :meth:`SyncPool.session`: its calls run on one worker, in order,
+    and the target receives ``session=`` (docs/recovery.md, section 8).
+
+    The blocking counterpart of :class:`~poolkit.PoolSession`, which it drives through the
+    pool's loop thread: ``call`` blocks, ``close()`` (or leaving ``with``) ends the session so
+    the worker drops its state at once, and ``worker_id``, ``rebinds`` and ``lost`` say where
+    its state is. After close, ``call`` raises RuntimeError, as the async handle does; after
+    the pool's ``with`` block, PoolClosed, as every SyncPool call does.
+    """
+
+    def __init__(self, pool: SyncPool, handle: PoolSession) -> None:
+        self._sync = pool
+        self._handle = handle
+
+    @property
+    def key(self) -> str | int:
+        return self._handle.key
+
+    @property
+    def mode(self) -> AffinityMode:
+        return self._handle.mode
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    @property
+    def worker_id(self) -> str | None:
+        """The worker holding this session's state now (None before its first call)."""
+        return self._handle.worker_id
+
+    @property
+    def rebinds(self) -> int:
+        """Times a ``hint`` session moved to another worker, losing its state each time."""
+        return self._handle.rebinds
+
+    @property
+    def lost(self) -> str | None:
+        """Why this session's state is gone (strict modes then raise SessionLost), or None."""
+        return self._handle.lost
+
+    def call(
+        self,
+        target: str | Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Blocking :meth:`PoolSession.call`: :meth:`SyncPool.call` within this session."""
+        sync = self._sync
+        portal = sync._require_portal()
+        return sync._run(
+            portal,
+            functools.partial(
+                self._handle.call, target, *args, timeout=timeout, idempotent=idempotent, **kwargs
+            ),
+        )
+
+    def close(self) -> None:
+        """End the session after its calls in hand; the worker drops its state. Idempotent,
+        and harmless once the pool's ``with`` block has ended (closing the pool ended it)."""
+        handle, sync = self._handle, self._sync
+        if handle.closed:
+            return
+        portal = sync._portal
+        if portal is None or sync._stack is None:  # never entered, or its block has ended
+            handle.closed = True
+            return
+        with contextlib.suppress(PoolClosed):  # the block ended meanwhile
+            sync._run(portal, handle.aclose)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return repr(self._handle).replace("<PoolSession", "<SyncSession", 1)
 
 
 async def _end_session(pool: Pool, key: str | int) -> None:

@@ -540,3 +540,54 @@ def test_sync_pool_sessions_by_key() -> None:
         pool.end_session("k")
         assert pool.call(remember, "c", session="k") == ["c"]
         assert pool.call(remember, "y", session=7) == ["x", "y"]
+
+
+def test_sync_pool_session_handle_shares_state_and_ends_it_on_exit() -> None:
+    """SyncPool.session() is the blocking Pool.session(): its calls share the worker's state for
+    the key, it says where that state is, and leaving ``with`` ends the session, so the key's
+    next call starts afresh and the closed handle refuses calls as the async one does."""
+    remember = "poolkit.testing.targets:remember"
+    with SyncPool(min_workers=2, launcher=BridgeLauncher()) as pool:
+        with pool.session("k", mode="strict_queue") as chat:
+            assert (chat.key, chat.mode, chat.worker_id, chat.closed) == ("k", "strict_queue", None, False)
+            assert chat.call(remember, "a") == ["a"]
+            assert chat.call(remember, "b", timeout=scaled(10)) == ["a", "b"]
+            assert pool.call(remember, "c", session="k") == ["a", "b", "c"]  # the key, same state
+            assert chat.worker_id in {w.id for w in pool.statistics().workers}
+            assert (chat.rebinds, chat.lost) == (0, None)
+            assert repr(chat).startswith("<SyncSession 'k' strict_queue worker=")
+        assert chat.closed
+        with pytest.raises(RuntimeError, match="session 'k' was closed"):
+            chat.call(remember, "d")
+        chat.close()  # again: nothing to do
+        assert pool.call(remember, "e", session="k") == ["e"]
+        with pool.session(7) as other:
+            assert other.mode == "hint"  # config.sessions.mode, as for a call by key
+            assert other.call(remember, "x") == ["x"]
+
+
+def test_sync_pool_session_checks_its_key_and_mode_when_made() -> None:
+    """A bad key or mode is refused by SyncPool.session() itself, before any call."""
+    with SyncPool(min_workers=1, launcher=BridgeLauncher()) as pool:
+        with pytest.raises(TypeError, match="a session key must be a str or an int, not float"):
+            pool.session(1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="session mode must be one of"):
+            pool.session("k", mode="sticky")  # type: ignore[arg-type]
+
+
+def test_sync_session_outside_the_pools_block() -> None:
+    """A handle from a SyncPool not yet entered refuses calls with RuntimeError (nothing runs
+    yet); one kept past the pool's block raises PoolClosed. Closing either is harmless: there
+    is no session left to end."""
+    remember = "poolkit.testing.targets:remember"
+    early = SyncPool(min_workers=1, launcher=BridgeLauncher())
+    with early.session("k") as handle, pytest.raises(RuntimeError, match="not running"):
+        handle.call(remember, "a")
+    assert handle.closed
+    with SyncPool(min_workers=1, launcher=BridgeLauncher()) as pool:
+        kept = pool.session("k")
+        assert kept.call(remember, "a") == ["a"]
+    with pytest.raises(PoolClosed, match="'with SyncPool"):
+        kept.call(remember, "b")
+    kept.close()
+    assert kept.closed

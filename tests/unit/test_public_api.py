@@ -66,6 +66,7 @@ EXPECTED = {
     "SessionStateLost",
     "SessionUnavailable",
     "SyncPool",
+    "SyncSession",
     "SystemClock",
     "TelemetryPolicy",
     "WorkerCrashed",
